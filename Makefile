@@ -1,0 +1,41 @@
+# Parley: `make run` and `make test` on a fresh Debian machine with Swift 6.3.
+
+SWIFT ?= swift
+APT_PACKAGES := libsodium-dev libsqlite3-dev libssl-dev liblmdb-dev pkg-config
+BIN := .build/debug
+
+.PHONY: all deps build run test bench plugins-c clean
+
+all: build
+
+# Installs missing system packages when run as root; otherwise names them.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		else \
+			echo "missing system packages:$$missing"; echo "install them with: sudo apt-get install$$missing"; exit 1; \
+		fi; \
+	fi
+
+# Builds parleyd and every plugin (plugins are dynamic library products).
+build: deps
+	$(SWIFT) build
+
+# Starts parleyd on the embedded defaults.
+run: build
+	$(BIN)/parleyd plugin list
+
+test: build
+	$(SWIFT) test
+
+# Storage throughput of the built-in plugins, release build (see docs/BENCHMARKS.md).
+bench: deps
+	$(SWIFT) build -c release
+	.build/release/parleyd plugin bench .build/release/libparley-storage-sqlite.so
+	.build/release/parleyd plugin bench .build/release/libparley-storage-lmdb.so
+
+clean:
+	rm -rf .build

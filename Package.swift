@@ -1,0 +1,112 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// The toolchain that builds this package. Swift has no stable ABI on Linux, so a
+// Swift plugin must come from the same toolchain as the host: both embed this tag
+// and the host refuses a Swift plugin whose tag differs.
+let swiftBuildTag: String = {
+    #if compiler(>=6.5)
+    return "swift-6.5-or-later"
+    #elseif compiler(>=6.4)
+    return "swift-6.4"
+    #elseif compiler(>=6.3.2)
+    return "swift-6.3.2-or-later"
+    #elseif compiler(>=6.3.1)
+    return "swift-6.3.1"
+    #elseif compiler(>=6.3)
+    return "swift-6.3.0"
+    #else
+    return "swift-before-6.3"
+    #endif
+}()
+
+let strictSwift: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+// Swift plugins export exactly one symbol, parley_plugin_entry.
+func swiftPluginLinkerSettings(_ folder: String) -> [LinkerSetting] {
+    [.unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/plugins/\(folder)/exports.map"])]
+}
+
+let package = Package(
+    name: "parley",
+    products: [
+        .executable(name: "parleyd", targets: ["parleyd"]),
+        .library(name: "parley-storage-sqlite", type: .dynamic, targets: ["StorageSQLite"]),
+        .library(name: "parley-storage-lmdb", type: .dynamic, targets: ["StorageLMDB"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    ],
+    targets: [
+        // The stable C ABI: include/parley/plugin.h.
+        .target(
+            name: "ParleyPluginABI",
+            path: "include",
+            sources: ["abi.c"],
+            publicHeadersPath: ".",
+            cSettings: [.define("PARLEY_SWIFT_BUILD_TAG", to: "\"\(swiftBuildTag)\"")]
+        ),
+        // Loads plugins, checks them, runs their calls on a worker pool, and wraps
+        // their tables in Swift facades.
+        .target(
+            name: "PluginHost",
+            dependencies: [
+                "ParleyPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        // The conformance suite every storage plugin must pass.
+        .target(
+            name: "StorageConformance",
+            dependencies: ["PluginHost"],
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "parleyd",
+            dependencies: [
+                "PluginHost",
+                "StorageConformance",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift
+        ),
+
+        // plugins/storage-sqlite: the default storage backend, a Swift plugin.
+        .systemLibrary(name: "CSQLite", path: "plugins/storage-sqlite/CSQLite", pkgConfig: "sqlite3"),
+        .target(
+            name: "StorageSQLite",
+            dependencies: ["ParleyPluginABI", "CSQLite"],
+            path: "plugins/storage-sqlite/Sources",
+            swiftSettings: strictSwift,
+            linkerSettings: swiftPluginLinkerSettings("storage-sqlite")
+        ),
+        // plugins/storage-lmdb: a storage backend in plain C on LMDB.
+        .target(
+            name: "StorageLMDB",
+            dependencies: ["ParleyPluginABI"],
+            path: "plugins/storage-lmdb",
+            exclude: ["README.md", "Makefile"],
+            sources: ["storage_lmdb.c"],
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-fvisibility=hidden", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])],
+            linkerSettings: [.linkedLibrary("lmdb")]
+        ),
+
+        .testTarget(
+            name: "PluginHostTests",
+            dependencies: ["PluginHost", "StorageConformance", "ParleyPluginABI"],
+            exclude: ["Fixtures"],
+            swiftSettings: strictSwift
+        ),
+    ]
+)

@@ -1,0 +1,80 @@
+// A created plugin instance: its handle, its host context, and the calls made on it.
+import ParleyPluginABI
+public import Logging
+import Synchronization
+
+/// One running instance of a plugin. Calls go through the worker pool; `shutdown`
+/// disables the instance, drains the calls in flight and destroys it. The library
+/// itself stays loaded.
+public final class PluginInstance: @unchecked Sendable {
+    public let library: PluginLibrary
+    public var info: PluginInfo { library.info }
+    let context: PluginHostContext
+    let pool: PluginWorkerPool
+    private let handle: UnsafeMutableRawPointer?
+    private let inFlight = Atomic<Int>(0)
+    private let stopped = Atomic<Bool>(false)
+
+    /// Calls the plugin's create() with `configuration`; throws `createFailed`
+    /// with the plugin's own message when it refuses.
+    public init(library: PluginLibrary, configuration: [String: String], pool: PluginWorkerPool, logger: Logger) throws(PluginLoadError) {
+        self.library = library
+        self.pool = pool
+        let context = PluginHostContext(pluginName: library.info.name, configuration: configuration, logger: logger)
+        self.context = context
+        var instance: UnsafeMutableRawPointer?
+        var error = [CChar](repeating: 0, count: 1024)
+        let status = error.withUnsafeMutableBufferPointer { buffer in
+            library.descriptor.create(hostAPI, context.opaque, &instance, buffer.baseAddress, buffer.count)
+        }
+        guard status == parley_status(PARLEY_OK) else {
+            let message = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw .createFailed(plugin: library.info.name, status: PluginStatus(raw: status), message: message.isEmpty ? "no reason given" : message)
+        }
+        handle = instance
+    }
+
+    /// Runs one plugin call on the worker pool and returns what it produced, or
+    /// throws the host's or the plugin's error.
+    func perform(_ operation: PluginOperation, _ call: @escaping (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status) async throws(PluginCallError) -> PluginOutput {
+        inFlight.add(1, ordering: .acquiringAndReleasing)
+        defer { inFlight.subtract(1, ordering: .acquiringAndReleasing) }
+        guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
+        let handle = handle
+        operation.call = { op in call(handle, op) }
+        let output = await operation.run(on: pool)
+        if let hostError = output.hostError { throw hostError }
+        guard output.status == .ok else {
+            let failed = output.items.first { $0.outcome != parley_status(PARLEY_OK) }
+            throw .plugin(name: info.name, status: output.status, message: output.errorMessage, index: failed?.index)
+        }
+        return output
+    }
+
+    /// Refuses new calls, waits for those in flight, then calls destroy(). Safe to call twice.
+    public func shutdown() async {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        while inFlight.load(ordering: .acquiring) > 0 {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        // destroy() may block while it flushes, so it runs on a worker thread too.
+        let destroy = library.descriptor.destroy!
+        let handle = SendableHandle(pointer: handle)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            do {
+                try pool.submit {
+                    destroy(handle.pointer)
+                    continuation.resume()
+                }
+            } catch {
+                destroy(handle.pointer)
+                continuation.resume()
+            }
+        }
+    }
+}
+
+/// A plugin's instance pointer, which only the plugin dereferences.
+private struct SendableHandle: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer?
+}

@@ -1,0 +1,132 @@
+// One plugin call in flight: owns its inputs, collects its results, and resumes
+// the waiting Swift task when the call finishes.
+import ParleyPluginABI
+import Glibc
+import Synchronization
+
+/// A result item reported with `emit_item`.
+public struct PluginItem: Sendable, Equatable {
+    public var index: Int
+    public var outcome: Int32
+    public var value: UInt64
+    public var detail: String
+}
+
+/// Facts about a media blob reported with `emit_blob_info`.
+public struct PluginBlobInfo: Sendable, Equatable {
+    public var size: UInt64
+    public var sha256: [UInt8]
+    public var contentType: String
+}
+
+/// Everything an operation produced.
+struct PluginOutput: Sendable {
+    var rows: [(sortKey: [UInt8], value: [UInt8])] = []
+    var items: [PluginItem] = []
+    var bytes: [UInt8] = []
+    var blobInfo: PluginBlobInfo?
+    var status: PluginStatus = .ok
+    var errorMessage = ""
+    /// Set when the host could not make the call at all.
+    var hostError: PluginCallError?
+}
+
+/// The object behind a `parley_op *`. The plugin sees it as an opaque pointer
+/// that holds one retain from the call until the operation finishes.
+final class PluginOperation: @unchecked Sendable {
+    static let maxErrorBytes = 1024
+
+    /// Inputs the plugin borrows; freed when the operation finishes, because a
+    /// PENDING call may read them until it calls complete().
+    private var inputs: [UnsafeMutableRawPointer] = []
+    /// Written only by the plugin's calls for this op, which the ABI serializes.
+    var output = PluginOutput()
+    /// Rows the caller wants at most; emit_row asks the plugin to stop after it.
+    var rowLimit = Int.max
+    private let finished = Atomic<Bool>(false)
+    private var continuation: CheckedContinuation<PluginOutput, Never>?
+
+    /// Copies bytes into memory owned by the operation and returns a borrowed view.
+    func borrow(_ bytes: [UInt8]) -> parley_bytes {
+        guard !bytes.isEmpty else { return parley_bytes(data: nil, len: 0) }
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 1)
+        bytes.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        inputs.append(memory)
+        return parley_bytes(data: memory.assumingMemoryBound(to: UInt8.self), len: bytes.count)
+    }
+
+    /// Allocates an operation-owned array the plugin may read until completion.
+    func borrowArray<T>(of type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * MemoryLayout<T>.stride, alignment: MemoryLayout<T>.alignment)
+        inputs.append(memory)
+        return memory.bindMemory(to: T.self, capacity: max(1, count))
+    }
+
+    /// The plugin call, built by the caller from C values the operation owns.
+    var call: ((OpaquePointer) -> parley_status)?
+
+    /// Submits the call to the pool and waits for it to finish. The continuation
+    /// is installed before the call starts, so a completion from another thread
+    /// can never race ahead of it.
+    func run(on pool: PluginWorkerPool) async -> PluginOutput {
+        await withCheckedContinuation { continuation in
+            self.continuation = continuation
+            do throws(PluginCallError) {
+                try pool.submit { self.invoke() }
+            } catch {
+                self.output.hostError = error
+                self.discard()
+                self.continuation = nil
+                continuation.resume(returning: self.output)
+            }
+        }
+    }
+
+    /// Runs the call on the current (worker) thread, finishing at once when the
+    /// plugin did not return PENDING.
+    private func invoke() {
+        let pointer = OpaquePointer(Unmanaged.passRetained(self).toOpaque())
+        let status = call!(pointer)
+        if status != parley_status(PARLEY_PENDING) {
+            PluginOperation.finish(pointer, status: status)
+        }
+    }
+
+    /// Ends the operation (from `complete` or a synchronous return): frees inputs,
+    /// resumes the caller, drops the plugin's retain. A second completion is a
+    /// plugin bug; it is ignored rather than resuming twice.
+    static func finish(_ pointer: OpaquePointer, status: parley_status) {
+        let unmanaged = Unmanaged<PluginOperation>.fromOpaque(UnsafeRawPointer(pointer))
+        let operation = unmanaged.takeUnretainedValue()
+        guard !operation.finished.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        operation.output.status = status == parley_status(PARLEY_PENDING) ? .internal : PluginStatus(raw: status)
+        if status == parley_status(PARLEY_PENDING) {
+            operation.output.errorMessage = "plugin completed with PARLEY_PENDING, which is not a final status"
+        }
+        for input in operation.inputs { input.deallocate() }
+        operation.inputs.removeAll()
+        let continuation = operation.continuation
+        operation.continuation = nil
+        continuation?.resume(returning: operation.output)
+        unmanaged.release()
+    }
+
+    static func from(_ pointer: OpaquePointer?) -> PluginOperation? {
+        pointer.map { Unmanaged<PluginOperation>.fromOpaque(UnsafeRawPointer($0)).takeUnretainedValue() }
+    }
+
+    private func discard() {
+        for input in inputs { input.deallocate() }
+        inputs.removeAll()
+    }
+}
+
+extension Array where Element == UInt8 {
+    init(_ bytes: parley_bytes) {
+        if bytes.len == 0 || bytes.data == nil {
+            self = []
+        } else {
+            self = Array(UnsafeBufferPointer(start: bytes.data, count: bytes.len))
+        }
+    }
+}

@@ -1,0 +1,213 @@
+// The single writer: commits many concurrent batches in one transaction (one
+// fsync), with a savepoint per batch so a failed condition affects only its batch.
+import ParleyPluginABI
+import CSQLite
+import Glibc
+
+/// A batch waiting for the next commit. Its inputs are borrowed from the host
+/// until the batch's op is completed.
+struct PendingBatch {
+    let op: OpaquePointer?
+    let writes: UnsafeRawPointer
+    let count: Int
+    let writeSize: Int
+}
+
+final class GroupCommitWriter: @unchecked Sendable {
+    private let connection: SQLiteConnection
+    private let host: HostCalls
+    private let maxGroupBatches: Int
+    private var mutex = pthread_mutex_t()
+    private var wakeUp = pthread_cond_t()
+    private var queue: [PendingBatch] = []
+    private var stopping = false
+    private var thread = pthread_t()
+    private let commitSeconds: OpaquePointer?
+    private let batchesPerCommit: OpaquePointer?
+    private let writesTotal: OpaquePointer?
+    private let batchesTotal: OpaquePointer?
+
+    init(connection: SQLiteConnection, host: HostCalls, maxGroupBatches: Int) {
+        self.connection = connection
+        self.host = host
+        self.maxGroupBatches = maxGroupBatches
+        commitSeconds = host.metric(PARLEY_METRIC_HISTOGRAM, "commit_seconds", "Time to commit one group of batches")
+        batchesPerCommit = host.metric(PARLEY_METRIC_HISTOGRAM, "batches_per_commit", "Batches committed together in one transaction")
+        writesTotal = host.metric(PARLEY_METRIC_COUNTER, "writes_total", "Writes committed")
+        batchesTotal = host.metric(PARLEY_METRIC_COUNTER, "batches_total", "Batches applied or refused")
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wakeUp, nil)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { context in
+            let writer = Unmanaged<GroupCommitWriter>.fromOpaque(context!).takeRetainedValue()
+            writer.run()
+            return nil
+        }, context)
+    }
+
+    /// Queues a batch; false when the writer is stopping.
+    func enqueue(_ batch: PendingBatch) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard !stopping else { return false }
+        queue.append(batch)
+        pthread_cond_signal(&wakeUp)
+        return true
+    }
+
+    /// Commits what is queued, then ends the thread and checkpoints the WAL.
+    func stop() {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        pthread_cond_signal(&wakeUp)
+        pthread_mutex_unlock(&mutex)
+        pthread_join(thread, nil)
+        try? connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(&mutex)
+            while queue.isEmpty && !stopping { pthread_cond_wait(&wakeUp, &mutex) }
+            if queue.isEmpty && stopping {
+                pthread_mutex_unlock(&mutex)
+                return
+            }
+            let take = min(queue.count, maxGroupBatches)
+            let group = Array(queue.prefix(take))
+            queue.removeFirst(take)
+            pthread_mutex_unlock(&mutex)
+            commit(group)
+        }
+    }
+
+    /// One transaction for the whole group; each batch's outcome is reported only
+    /// after COMMIT returns, so an acknowledged batch is durable.
+    private func commit(_ group: [PendingBatch]) {
+        let started = monotonicSeconds()
+        var outcomes: [Result<[(Int, Int64)], StoreError>] = []
+        do {
+            try connection.execute("BEGIN IMMEDIATE")
+            for batch in group {
+                outcomes.append(applyInSavepoint(batch))
+            }
+            try connection.execute("COMMIT")
+        } catch {
+            try? connection.execute("ROLLBACK")
+            outcomes = group.map { _ in .failure(StoreError.io("commit failed, nothing of this batch was stored: \(error.message)")) }
+        }
+        host.observe(commitSeconds, monotonicSeconds() - started)
+        host.observe(batchesPerCommit, Double(group.count))
+        host.add(batchesTotal, UInt64(group.count))
+        for (batch, outcome) in zip(group, outcomes) {
+            switch outcome {
+            case .success(let counters):
+                host.add(writesTotal, UInt64(batch.count))
+                for (index, value) in counters { host.emitCounter(batch.op, index: index, value: value) }
+                host.complete(batch.op, parley_status(PARLEY_OK))
+            case .failure(let error):
+                host.complete(batch.op, host.fail(batch.op, error))
+            }
+        }
+    }
+
+    private func applyInSavepoint(_ batch: PendingBatch) -> Result<[(Int, Int64)], StoreError> {
+        do {
+            try connection.execute("SAVEPOINT batch")
+        } catch {
+            return .failure(error)
+        }
+        do {
+            var counters: [(Int, Int64)] = []
+            for index in 0..<batch.count {
+                let write: parley_write = copyVersioned(batch.writes + index * batch.writeSize)
+                if let value = try apply(write, index: index) { counters.append((index, value)) }
+            }
+            try connection.execute("RELEASE batch")
+            return .success(counters)
+        } catch {
+            try? connection.execute("ROLLBACK TO batch")
+            try? connection.execute("RELEASE batch")
+            return .failure(error)
+        }
+    }
+
+    /// Applies one write; returns the new value of a counter.
+    private func apply(_ write: parley_write, index: Int) throws(StoreError) -> Int64? {
+        try checkKey(table: write.table, partition: write.partition, sort: write.sort)
+        if write.value.len > Int(PARLEY_STORAGE_MAX_VALUE_BYTES) {
+            throw .tooLarge("write \(index): value of \(write.value.len) bytes exceeds \(PARLEY_STORAGE_MAX_VALUE_BYTES)")
+        }
+        switch write.kind {
+        case PARLEY_WRITE_PUT:
+            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO UPDATE SET value=excluded.value", write)
+        case PARLEY_WRITE_DELETE:
+            try step("DELETE FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3", write)
+        case PARLEY_WRITE_PUT_IF_ABSENT:
+            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO NOTHING", write)
+            guard sqlite3_changes(connection.db) == 1 else {
+                throw StoreError(status: parley_status(PARLEY_E_CONFLICT), message: "write \(index): put-if-absent found an existing row", index: index)
+            }
+        case PARLEY_WRITE_COMPARE_AND_SET:
+            try step("UPDATE kv SET value=?4 WHERE tbl=?1 AND pk=?2 AND sk=?3 AND value=?5", write, expected: true)
+            guard sqlite3_changes(connection.db) == 1 else {
+                throw StoreError(status: parley_status(PARLEY_E_CONFLICT), message: "write \(index): compare-and-set found no row with the expected value", index: index)
+            }
+        case PARLEY_WRITE_COUNTER_ADD:
+            return try addToCounter(write, index: index)
+        default:
+            throw .invalid("write \(index): unknown write kind \(write.kind.rawValue)")
+        }
+        return nil
+    }
+
+    private func addToCounter(_ write: parley_write, index: Int) throws(StoreError) -> Int64 {
+        let select = try connection.statement("SELECT value FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3")
+        bindKey(select, write)
+        var current: Int64 = 0
+        switch sqlite3_step(select) {
+        case SQLITE_ROW:
+            let stored = columnBlob(select, 0)
+            guard stored.count == 8 else {
+                sqlite3_reset(select)
+                throw .invalid("write \(index): counter row holds \(stored.count) bytes, not an 8-byte counter")
+            }
+            current = Int64(littleEndian: stored.loadUnaligned(as: Int64.self))
+        case SQLITE_DONE:
+            break
+        default:
+            throw .io("write \(index): \(connection.lastError)")
+        }
+        sqlite3_reset(select)
+        let (sum, overflow) = current.addingReportingOverflow(write.delta)
+        guard !overflow else { throw .invalid("write \(index): counter overflow adding \(write.delta) to \(current)") }
+        var encoded = sum.littleEndian
+        try withUnsafeBytes(of: &encoded) { (bytes) throws(StoreError) in
+            var updated = write
+            updated.value = bytes.parleyBytes
+            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO UPDATE SET value=excluded.value", updated)
+        }
+        return sum
+    }
+
+    private func bindKey(_ statement: OpaquePointer, _ write: parley_write) {
+        bindBlob(statement, 1, write.table.buffer)
+        bindBlob(statement, 2, write.partition.buffer)
+        bindBlob(statement, 3, write.sort.buffer)
+    }
+
+    private func step(_ sql: String, _ write: parley_write, expected: Bool = false) throws(StoreError) {
+        let statement = try connection.statement(sql)
+        defer { sqlite3_reset(statement) }
+        bindKey(statement, write)
+        if sqlite3_bind_parameter_count(statement) >= 4 { bindBlob(statement, 4, write.value.buffer) }
+        if expected { bindBlob(statement, 5, write.expected.buffer) }
+        guard sqlite3_step(statement) == SQLITE_DONE else { throw .io(connection.lastError) }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
