@@ -27,8 +27,8 @@ let strictSwift: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
-// Swift plugins export exactly one symbol, parley_plugin_entry.
-func swiftPluginLinkerSettings(_ folder: String) -> [LinkerSetting] {
+// Plugins export exactly one symbol, parley_plugin_entry.
+func pluginLinkerSettings(_ folder: String) -> [LinkerSetting] {
     [.unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/plugins/\(folder)/exports.map"])]
 }
 
@@ -88,23 +88,26 @@ let package = Package(
             dependencies: ["ParleyPluginABI", "CSQLite"],
             path: "plugins/storage-sqlite/Sources",
             swiftSettings: strictSwift,
-            linkerSettings: swiftPluginLinkerSettings("storage-sqlite")
+            linkerSettings: pluginLinkerSettings("storage-sqlite")
         ),
         // plugins/storage-lmdb: a storage backend in plain C on LMDB.
         .target(
             name: "StorageLMDB",
             dependencies: ["ParleyPluginABI"],
             path: "plugins/storage-lmdb",
-            exclude: ["README.md", "Makefile"],
+            exclude: ["README.md", "Makefile", "exports.map"],
             sources: ["storage_lmdb.c"],
             publicHeadersPath: ".",
             cSettings: [.unsafeFlags(["-fvisibility=hidden", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])],
-            linkerSettings: [.linkedLibrary("lmdb")]
+            linkerSettings: [.linkedLibrary("lmdb")] + pluginLinkerSettings("storage-lmdb")
         ),
 
         .testTarget(
             name: "PluginHostTests",
-            dependencies: ["PluginHost", "StorageConformance", "ParleyPluginABI"],
+            dependencies: [
+                "PluginHost", "StorageConformance", "ParleyPluginABI", "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             exclude: ["Fixtures"],
             swiftSettings: strictSwift
         ),

@@ -88,7 +88,7 @@ private nonisolated(unsafe) let hostBuildTagString = strdup(PluginLibrary.hostBu
 /// The host API table, built once and valid for the life of the process.
 nonisolated(unsafe) let hostAPI: UnsafePointer<parley_host_api> = {
     var api = parley_host_api()
-    api.struct_size = UInt32(MemoryLayout<parley_host_api>.size)
+    api.struct_size = UInt32(MemoryLayout<parley_host_api>.stride)
     api.abi_major = UInt16(PARLEY_ABI_MAJOR)
     api.abi_minor = UInt16(PARLEY_ABI_MINOR)
     api.host_version = UnsafePointer(hostVersionString)

@@ -110,12 +110,15 @@ public final class PluginLibrary: @unchecked Sendable {
         let validName = !name.isEmpty && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
         guard validName else { throw .invalidName(path: path, name: name) }
         let kinds = PluginKind.allCases.filter { descriptor.kinds & $0.bit != 0 }
-        let tables: [PluginKind: UnsafeRawPointer?] = [
-            .storage: UnsafeRawPointer(descriptor.storage), .push: UnsafeRawPointer(descriptor.push),
-            .media: UnsafeRawPointer(descriptor.media), .crypto: UnsafeRawPointer(descriptor.crypto),
-        ]
-        for kind in kinds where tables[kind] == nil {
-            throw .missingTable(path: path, kind: kind.rawValue)
+        for kind in kinds {
+            let table: UnsafeRawPointer? =
+                switch kind {
+                case .storage: UnsafeRawPointer(descriptor.storage)
+                case .push: UnsafeRawPointer(descriptor.push)
+                case .media: UnsafeRawPointer(descriptor.media)
+                case .crypto: UnsafeRawPointer(descriptor.crypto)
+                }
+            if table == nil { throw .missingTable(path: path, kind: kind.rawValue) }
         }
         guard descriptor.create != nil else { throw .missingFunction(path: path, function: "create") }
         guard descriptor.destroy != nil else { throw .missingFunction(path: path, function: "destroy") }

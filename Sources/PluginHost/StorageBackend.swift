@@ -140,7 +140,7 @@ public struct StorageBackend: Sendable {
         operation.rowLimit = range.limit
         let request = operation.borrowArray(of: parley_scan_request.self, count: 1)
         request.initialize(to: parley_scan_request())
-        request.pointee.struct_size = UInt32(MemoryLayout<parley_scan_request>.size)
+        request.pointee.struct_size = UInt32(MemoryLayout<parley_scan_request>.stride)
         request.pointee.flags = range.reverse ? UInt32(PARLEY_SCAN_REVERSE) : 0
         request.pointee.table = operation.borrow(tableName)
         request.pointee.partition = operation.borrow(partition)
@@ -175,7 +175,7 @@ public struct StorageBackend: Sendable {
         let array = operation.borrowArray(of: parley_write.self, count: writes.count)
         for (index, write) in writes.enumerated() {
             var entry = parley_write()
-            entry.struct_size = UInt32(MemoryLayout<parley_write>.size)
+            entry.struct_size = UInt32(MemoryLayout<parley_write>.stride)
             entry.table = operation.borrow(write.key.table)
             entry.partition = operation.borrow(write.key.partition)
             entry.sort = operation.borrow(write.key.sort)

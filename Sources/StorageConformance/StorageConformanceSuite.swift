@@ -20,10 +20,13 @@ public struct StorageConformanceSuite: Sendable {
     public typealias Open = @Sendable () async throws -> StorageBackend
 
     private let open: Open
+    private let checkRestart: Bool
 
     /// `open` creates a fresh instance on the same database every time it is called.
-    public init(open: @escaping Open) {
+    /// `checkRestart: false` skips the durability check, for in-memory backends.
+    public init(checkRestart: Bool = true, open: @escaping Open) {
         self.open = open
+        self.checkRestart = checkRestart
     }
 
     /// The checks, in the order they run.
@@ -73,6 +76,10 @@ public struct StorageConformanceSuite: Sendable {
             }
         }
         let restart = "acknowledged writes survive a restart"
+        guard checkRestart else {
+            await backend.instance.shutdown()
+            return results
+        }
         do {
             try await StorageChecks.writeBeforeRestart(backend)
             await backend.instance.shutdown()

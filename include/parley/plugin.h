@@ -12,10 +12,17 @@
  * Stability rules (what lets a plugin built today load into every future
  * host with the same major version):
  *   - Structs only grow at the end. Every struct that crosses the boundary
- *     starts with uint32_t struct_size; read a field only when struct_size
- *     says it is present (PARLEY_HAS_FIELD below).
- *   - Arrays of structs are passed with their element size, so an array
- *     built against a newer header can still be walked by older code.
+ *     starts with uint32_t struct_size, set by whoever fills the struct to
+ *     sizeof(the struct) in its own header (tail padding included). A field
+ *     added in a later minor starts at or after the previous sizeof (explicit
+ *     padding is added first if needed), so PARLEY_HAS_FIELD below is exact.
+ *     Read a field only when struct_size says it is present.
+ *   - Arrays of structs are passed with their element size (the sender's
+ *     sizeof), so an array built against a newer header can still be walked
+ *     by older code.
+ *   - The host never sends a flag, kind or enum value that is newer than the
+ *     plugin's abi_minor. A plugin that meets one anyway returns
+ *     PARLEY_E_UNSUPPORTED.
  *   - Function pointers added in a later minor version may be NULL in
  *     tables from older peers; check before calling.
  *   - A plugin's abi_minor must be <= the host's. The major must be equal.
@@ -44,7 +51,10 @@
  *     and later calls api->complete() exactly once, from any thread. For one
  *     operation, the emit_* and set_error calls must happen before complete()
  *     and must not be made concurrently with each other.
- *   - Every host_api function is thread-safe.
+ *   - Every host_api function is thread-safe. None of them calls back into
+ *     the plugin, so a plugin may hold its own locks while calling them.
+ *   - destroy() is never called from inside a host function (complete()
+ *     included), so it may join the plugin's own threads.
  *
  * Compiles as C11 (-std=c11 -Wall -Wextra -pedantic) and as C++ (-std=c++17).
  */
@@ -285,6 +295,8 @@ typedef struct parley_scan_request {
     /** At most this many rows; 0 means no limit. The host always sets one. */
     uint32_t limit;
 } parley_scan_request;
+/* A lower bound above the upper bound, or equal bounds with one exclusive,
+ * select no rows: the scan emits nothing and returns PARLEY_OK. */
 
 /** Kinds of write in an atomic batch. */
 typedef enum parley_write_kind {
@@ -293,15 +305,17 @@ typedef enum parley_write_kind {
     /** Remove the row if present (absent is not an error). */
     PARLEY_WRITE_DELETE = 1,
     /** Store value only if no row exists. When one exists, the whole batch fails
-     *  with PARLEY_E_CONFLICT and emit_item(index, PARLEY_E_CONFLICT, 0, {}). */
+     *  with PARLEY_E_CONFLICT and emit_item(index, PARLEY_E_CONFLICT, 0, {}),
+     *  for the first failed condition only. */
     PARLEY_WRITE_PUT_IF_ABSENT = 2,
     /** Store value only if the row exists and its value equals expected byte for
      *  byte. Otherwise the batch fails as for PUT_IF_ABSENT. */
     PARLEY_WRITE_COMPARE_AND_SET = 3,
     /** Treat the row as a signed 64-bit little-endian counter (absent = 0), add
      *  delta, store the 8-byte result, and emit_item(index, PARLEY_OK, new value
-     *  as uint64_t, {}). A present row whose value is not 8 bytes fails the batch
-     *  with PARLEY_E_INVALID. */
+     *  as uint64_t, {}) once the whole batch has succeeded (a failed batch emits
+     *  no counter values). A present row whose value is not 8 bytes, or a sum
+     *  that overflows int64, fails the batch with PARLEY_E_INVALID. */
     PARLEY_WRITE_COUNTER_ADD = 4
 } parley_write_kind;
 
@@ -339,7 +353,9 @@ typedef struct parley_storage_vtable {
      *  plugin knows). Writes apply in array order; later writes see earlier ones.
      *  Concurrent batches are serialized. Plugins are encouraged to return
      *  PARLEY_PENDING and commit many concurrent batches in one transaction
-     *  (group commit); a failed condition in one batch must not affect others. */
+     *  (group commit); a failed condition in one batch must not affect others.
+     *  Errors found before queueing (bad arguments) may be returned at once.
+     *  count 0 is PARLEY_OK (the host does not send empty batches). */
     parley_status (*apply)(void *instance, parley_op *op, const parley_write *writes, size_t count, size_t write_size);
 } parley_storage_vtable;
 

@@ -22,8 +22,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <parley/plugin.h>
-
+/* System headers first: they must see _POSIX_C_SOURCE before anything (such as
+ * a clang module import of the plugin header) pulls in <features.h>. */
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
@@ -34,6 +34,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <parley/plugin.h>
 
 /* ------------------------------------------------------------------------ */
 /* Constants                                                                 */
@@ -121,7 +123,11 @@ static void slmdb_metric_observe(const slmdb_instance *inst, parley_metric *metr
 
 static double slmdb_now_seconds(void) {
     struct timespec ts;
+#if defined(CLOCK_MONOTONIC)
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0.0;
+#else
+    if (timespec_get(&ts, TIME_UTC) != TIME_UTC) return 0.0;
+#endif
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -671,7 +677,10 @@ static parley_status slmdb_apply(void *instance, parley_op *op, const parley_wri
         st = slmdb_fail_mdb(inst, op, rc, "apply: commit");
         goto out;
     }
-    slmdb_metric_observe(inst, inst->commit_seconds, slmdb_now_seconds() - started);
+    {
+        double elapsed = slmdb_now_seconds() - started;
+        slmdb_metric_observe(inst, inst->commit_seconds, elapsed > 0.0 ? elapsed : 0.0);
+    }
     slmdb_metric_add(inst, inst->writes_total, (uint64_t)count);
     {
         parley_bytes empty = {NULL, 0};
@@ -772,7 +781,11 @@ static int slmdb_sync_folder(const char *path) {
     if (dir == NULL) return ENOMEM;
     memcpy(dir, path, dir_len);
     dir[dir_len] = '\0';
+#if defined(O_DIRECTORY)
     fd = open(dir, O_RDONLY | O_DIRECTORY);
+#else
+    fd = open(dir, O_RDONLY);
+#endif
     free(dir);
     if (fd < 0) return errno;
     r = fsync(fd) == 0 ? 0 : errno;

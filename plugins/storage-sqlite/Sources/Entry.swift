@@ -10,7 +10,7 @@ public func parleyPluginEntry() -> UnsafeRawPointer {
 
 private nonisolated(unsafe) let storageTable: UnsafePointer<parley_storage_vtable> = {
     var table = parley_storage_vtable()
-    table.struct_size = UInt32(MemoryLayout<parley_storage_vtable>.size)
+    table.struct_size = UInt32(MemoryLayout<parley_storage_vtable>.stride)
     table.get = { instance, op, table, partition, sort in
         SQLiteStore.from(instance).get(op: op, table: table, partition: partition, sort: sort)
     }
@@ -28,7 +28,7 @@ private nonisolated(unsafe) let descriptor: UnsafePointer<parley_plugin_descript
     descriptor.magic = PARLEY_PLUGIN_MAGIC
     descriptor.abi_major = UInt16(PARLEY_ABI_MAJOR)
     descriptor.abi_minor = UInt16(PARLEY_ABI_MINOR)
-    descriptor.struct_size = UInt32(MemoryLayout<parley_plugin_descriptor>.size)
+    descriptor.struct_size = UInt32(MemoryLayout<parley_plugin_descriptor>.stride)
     descriptor.kinds = UInt32(PARLEY_KIND_STORAGE)
     descriptor.name = UnsafePointer(strdup("storage-sqlite"))
     descriptor.version = UnsafePointer(strdup("1.0.0"))

@@ -587,8 +587,13 @@ static parley_status apply_batch(memory_storage *ms, const job *j) {
                 }
                 current = read_le64(s->value);
             }
-            /* Wraps on overflow, like two's-complement hardware. */
-            b.counters[i] = (int64_t)((uint64_t)current + (uint64_t)w->delta);
+            if ((w->delta > 0 && current > INT64_MAX - w->delta) ||
+                (w->delta < 0 && current < INT64_MIN - w->delta)) {
+                op_error(ms, j->op, "apply: write %zu (counter-add) overflows int64", i);
+                st = PARLEY_E_INVALID;
+                break;
+            }
+            b.counters[i] = current + w->delta;
             write_le64(encoded, b.counters[i]);
             if (!stage_set(ms, s, encoded, sizeof encoded)) st = PARLEY_E_NOMEM;
             break;

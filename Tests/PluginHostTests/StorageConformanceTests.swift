@@ -1,0 +1,61 @@
+// Both storage plugins shipped with Parley pass the conformance suite.
+import Foundation
+import PluginHost
+import StorageConformance
+import Testing
+
+/// Runs the conformance suite on a plugin file with a fresh database and returns the failures.
+func conformanceFailures(of path: String, checkRestart: Bool = true, configuration extra: [String: String] = [:]) async throws -> [String] {
+    let folder = try TestSupport.scratchFolder()
+    defer { try? FileManager.default.removeItem(at: folder) }
+    let library = try PluginLibrary.load(path: path)
+    let pool = PluginWorkerPool(threads: 4, capacity: 1024)
+    defer { pool.shutdown() }
+    let configuration = ["path": folder.appendingPathComponent("db").path].merging(extra) { $1 }
+    let suite = StorageConformanceSuite(checkRestart: checkRestart) {
+        try StorageBackend(instance: PluginInstance(library: library, configuration: configuration, pool: pool, logger: TestSupport.logger))
+    }
+    let results = await suite.run()
+    #expect(results.count >= StorageConformanceSuite.checks.count)
+    return results.compactMap { result in result.failure.map { "\(result.name): \($0)" } }
+}
+
+@Suite("Storage conformance")
+struct StorageConformanceTests {
+    @Test func sqlitePluginPassesTheSuite() async throws {
+        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-sqlite"))
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func sqlitePluginPassesWithSynchronousNormal() async throws {
+        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-sqlite"), configuration: ["synchronous": "normal", "group_commit_max_batches": "3"])
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func lmdbPluginPassesTheSuite() async throws {
+        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-lmdb"))
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func lmdbPluginBuiltWithPlainCCPassesTheSuite() async throws {
+        let output = try TestSupport.scratchFolder().appendingPathComponent("libparley-storage-lmdb.so")
+        let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-lmdb/storage_lmdb.c").path
+        try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: ["-llmdb"])
+        let failures = try await conformanceFailures(of: output.path)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func parleydPluginTestReportsEveryCheck() throws {
+        let result = try TestSupport.run(TestSupport.parleyd, ["plugin", "test", try TestSupport.builtPlugin("parley-storage-sqlite")])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("\(StorageConformanceSuite.checks.count + 1) passed, 0 failed"))
+    }
+
+    @Test func parleydPluginTestFailsForAnInMemoryBackend() throws {
+        let output = try TestSupport.scratchFolder().appendingPathComponent("memory.so")
+        try TestSupport.compilePlugin([TestSupport.fixtures.appendingPathComponent("abi-v1.0/memory_storage.c").path], include: TestSupport.fixtures.appendingPathComponent("abi-v1.0").path, output: output)
+        let result = try TestSupport.run(TestSupport.parleyd, ["plugin", "test", output.path])
+        #expect(result.status != 0)
+        #expect(result.output.contains("FAIL  acknowledged writes survive a restart"))
+    }
+}
