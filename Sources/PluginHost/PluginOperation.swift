@@ -36,9 +36,14 @@ struct PluginOutput: Sendable {
 final class PluginOperation: @unchecked Sendable {
     static let maxErrorBytes = 1024
 
-    /// Inputs the plugin borrows; freed when the operation finishes, because a
-    /// PENDING call may read them until it calls complete().
+    /// Memory holding the inputs the plugin borrows; freed when the operation
+    /// finishes, because a PENDING call may read them until it calls complete().
+    /// Inputs are packed into chunks so a batch costs a few allocations, not one per key.
     private var inputs: [UnsafeMutableRawPointer] = []
+    private var chunkFree = 0
+    private var chunkNext: UnsafeMutableRawPointer?
+    private static let chunkSize = 16_384
+
     /// Written only by the plugin's calls for this op, which the ABI serializes.
     var output = PluginOutput()
     /// Rows the caller wants at most; emit_row asks the plugin to stop after it.
@@ -49,17 +54,36 @@ final class PluginOperation: @unchecked Sendable {
     /// Copies bytes into memory owned by the operation and returns a borrowed view.
     func borrow(_ bytes: [UInt8]) -> parley_bytes {
         guard !bytes.isEmpty else { return parley_bytes(data: nil, len: 0) }
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 1)
+        let memory = allocate(byteCount: bytes.count, alignment: 1)
         bytes.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        inputs.append(memory)
         return parley_bytes(data: memory.assumingMemoryBound(to: UInt8.self), len: bytes.count)
     }
 
     /// Allocates an operation-owned array the plugin may read until completion.
     func borrowArray<T>(of type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * MemoryLayout<T>.stride, alignment: MemoryLayout<T>.alignment)
-        inputs.append(memory)
+        let memory = allocate(byteCount: max(1, count) * MemoryLayout<T>.stride, alignment: MemoryLayout<T>.alignment)
         return memory.bindMemory(to: T.self, capacity: max(1, count))
+    }
+
+    private func allocate(byteCount: Int, alignment: Int) -> UnsafeMutableRawPointer {
+        if byteCount > Self.chunkSize / 4 {
+            let memory = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: max(alignment, 16))
+            inputs.append(memory)
+            return memory
+        }
+        if let next = chunkNext {
+            let padding = (alignment - Int(bitPattern: next) % alignment) % alignment
+            if padding + byteCount <= chunkFree {
+                chunkNext = next + padding + byteCount
+                chunkFree -= padding + byteCount
+                return next + padding
+            }
+        }
+        let chunk = UnsafeMutableRawPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
+        inputs.append(chunk)
+        chunkNext = chunk + byteCount
+        chunkFree = Self.chunkSize - byteCount
+        return chunk
     }
 
     /// The plugin call, built by the caller from C values the operation owns.

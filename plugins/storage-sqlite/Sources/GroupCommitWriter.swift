@@ -13,8 +13,26 @@ struct PendingBatch {
     let writeSize: Int
 }
 
+/// The writer's statements, prepared once.
+private struct WriteStatements {
+    let put: OpaquePointer
+    let delete: OpaquePointer
+    let putIfAbsent: OpaquePointer
+    let compareAndSet: OpaquePointer
+    let select: OpaquePointer
+
+    init(_ connection: SQLiteConnection) throws(StoreError) {
+        put = try connection.statement("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO UPDATE SET value=excluded.value")
+        delete = try connection.statement("DELETE FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3")
+        putIfAbsent = try connection.statement("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO NOTHING")
+        compareAndSet = try connection.statement("UPDATE kv SET value=?4 WHERE tbl=?1 AND pk=?2 AND sk=?3 AND value=?5")
+        select = try connection.statement("SELECT value FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3")
+    }
+}
+
 final class GroupCommitWriter: @unchecked Sendable {
     private let connection: SQLiteConnection
+    private let statements: WriteStatements
     private let host: HostCalls
     private let maxGroupBatches: Int
     private var mutex = pthread_mutex_t()
@@ -27,8 +45,9 @@ final class GroupCommitWriter: @unchecked Sendable {
     private let writesTotal: OpaquePointer?
     private let batchesTotal: OpaquePointer?
 
-    init(connection: SQLiteConnection, host: HostCalls, maxGroupBatches: Int) {
+    init(connection: SQLiteConnection, host: HostCalls, maxGroupBatches: Int) throws(StoreError) {
         self.connection = connection
+        statements = try WriteStatements(connection)
         self.host = host
         self.maxGroupBatches = maxGroupBatches
         commitSeconds = host.metric(PARLEY_METRIC_HISTOGRAM, "commit_seconds", "Time to commit one group of batches")
@@ -140,16 +159,16 @@ final class GroupCommitWriter: @unchecked Sendable {
         }
         switch write.kind {
         case PARLEY_WRITE_PUT:
-            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO UPDATE SET value=excluded.value", write)
+            try step(statements.put, write, value: true)
         case PARLEY_WRITE_DELETE:
-            try step("DELETE FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3", write)
+            try step(statements.delete, write)
         case PARLEY_WRITE_PUT_IF_ABSENT:
-            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO NOTHING", write)
+            try step(statements.putIfAbsent, write, value: true)
             guard sqlite3_changes(connection.db) == 1 else {
                 throw StoreError(status: parley_status(PARLEY_E_CONFLICT), message: "write \(index): put-if-absent found an existing row", index: index)
             }
         case PARLEY_WRITE_COMPARE_AND_SET:
-            try step("UPDATE kv SET value=?4 WHERE tbl=?1 AND pk=?2 AND sk=?3 AND value=?5", write, expected: true)
+            try step(statements.compareAndSet, write, value: true, expected: true)
             guard sqlite3_changes(connection.db) == 1 else {
                 throw StoreError(status: parley_status(PARLEY_E_CONFLICT), message: "write \(index): compare-and-set found no row with the expected value", index: index)
             }
@@ -162,7 +181,7 @@ final class GroupCommitWriter: @unchecked Sendable {
     }
 
     private func addToCounter(_ write: parley_write, index: Int) throws(StoreError) -> Int64 {
-        let select = try connection.statement("SELECT value FROM kv WHERE tbl=?1 AND pk=?2 AND sk=?3")
+        let select = statements.select
         bindKey(select, write)
         var current: Int64 = 0
         switch sqlite3_step(select) {
@@ -185,7 +204,7 @@ final class GroupCommitWriter: @unchecked Sendable {
         try withUnsafeBytes(of: &encoded) { (bytes) throws(StoreError) in
             var updated = write
             updated.value = bytes.parleyBytes
-            try step("INSERT INTO kv(tbl, pk, sk, value) VALUES(?1, ?2, ?3, ?4) ON CONFLICT(tbl, pk, sk) DO UPDATE SET value=excluded.value", updated)
+            try step(statements.put, updated, value: true)
         }
         return sum
     }
@@ -196,11 +215,11 @@ final class GroupCommitWriter: @unchecked Sendable {
         bindBlob(statement, 3, write.sort.buffer)
     }
 
-    private func step(_ sql: String, _ write: parley_write, expected: Bool = false) throws(StoreError) {
-        let statement = try connection.statement(sql)
+    /// Runs one write statement; every parameter it has is bound on each run.
+    private func step(_ statement: OpaquePointer, _ write: parley_write, value: Bool = false, expected: Bool = false) throws(StoreError) {
         defer { sqlite3_reset(statement) }
         bindKey(statement, write)
-        if sqlite3_bind_parameter_count(statement) >= 4 { bindBlob(statement, 4, write.value.buffer) }
+        if value { bindBlob(statement, 4, write.value.buffer) }
         if expected { bindBlob(statement, 5, write.expected.buffer) }
         guard sqlite3_step(statement) == SQLITE_DONE else { throw .io(connection.lastError) }
     }

@@ -37,10 +37,16 @@ final class SQLiteStore: @unchecked Sendable {
             throw .invalid("configuration key 'group_commit_max_batches' must be a whole number from 1 to 65536, got '\(maxGroup)'")
         }
 
+        let cache = host.config("cache_size_mb") ?? "64"
+        guard let cacheMB = Int(cache), (1...65_536).contains(cacheMB) else {
+            throw .invalid("configuration key 'cache_size_mb' must be a whole number from 1 to 65536, got '\(cache)'")
+        }
+        let cacheKiB = cacheMB * 1024
         let connection = try SQLiteConnection(path: path, readOnly: false)
         try Self.prepareSchema(connection, path: path)
         try connection.execute("PRAGMA synchronous=\(synchronous.uppercased())")
-        writer = GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches)
+        try connection.execute("PRAGMA cache_size=-\(cacheKiB)")
+        writer = try GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches)
         readsTotal = host.metric(PARLEY_METRIC_COUNTER, "reads_total", "Rows read by get and scan calls")
         errorsTotal = host.metric(PARLEY_METRIC_COUNTER, "errors_total", "Calls that failed")
         host.log(PARLEY_LOG_INFO, "opened \(path) (WAL, synchronous=\(synchronous), up to \(maxGroupBatches) batches per commit)")
