@@ -42,10 +42,17 @@ struct PluginWorkerPoolTests {
             release.wait()
         }
         started.wait()
-        try pool.submit {}
+        let drained = DispatchSemaphore(value: 0)
+        try pool.submit { drained.signal() }
         let key = StorageKey(table: "t", partition: [], sort: [])
         await #expect(throws: PluginCallError.queueFull(capacity: 1)) { try await storage.get(key) }
         release.signal()
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                drained.wait()
+                continuation.resume()
+            }
+        }
         try await storage.apply([.put(key, value: [1])])
         #expect(try await storage.get(key) == [1], "the backend keeps working once the queue drains")
         await storage.instance.shutdown()
