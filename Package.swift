@@ -9,8 +9,12 @@ let swiftBuildTag: String = {
     return "swift-6.5-or-later"
     #elseif compiler(>=6.4)
     return "swift-6.4"
+    #elseif compiler(>=6.3.4)
+    return "swift-6.3.4-or-later"
+    #elseif compiler(>=6.3.3)
+    return "swift-6.3.3"
     #elseif compiler(>=6.3.2)
-    return "swift-6.3.2-or-later"
+    return "swift-6.3.2"
     #elseif compiler(>=6.3.1)
     return "swift-6.3.1"
     #elseif compiler(>=6.3)
@@ -43,6 +47,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The stable C ABI: include/parley/plugin.h.
@@ -70,10 +79,40 @@ let package = Package(
             dependencies: ["PluginHost"],
             swiftSettings: strictSwift
         ),
+        .systemLibrary(name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium"),
+        // Accounts, devices, conversations, sequencing and sync: plain Swift over the storage facade.
+        .target(
+            name: "ParleyCore",
+            dependencies: [
+                "PluginHost", "CSodium",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        // The HTTP API (Hummingbird) and the chat listener (SwiftNIO WebSocket handlers).
+        .target(
+            name: "ParleyServer",
+            dependencies: [
+                "PluginHost", "ParleyCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "parleyd",
             dependencies: [
                 "PluginHost",
+                "ParleyServer",
                 "StorageConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -11,7 +11,7 @@ public enum PluginCallError: Error, Equatable, Sendable, CustomStringConvertible
     /// The plugin is disabled (shutting down).
     case shutDown
 
-    /// A stable identifier, e.g. `storage.conflict` or `plugin.queue_full`.
+    /// A stable identifier, e.g. `plugin.conflict` or `plugin.queue_full`.
     public var code: String {
         switch self {
         case .plugin(_, let status, _, _): "plugin.\(status)"

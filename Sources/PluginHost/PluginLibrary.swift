@@ -59,7 +59,9 @@ public final class PluginLibrary: @unchecked Sendable {
         if let reason = notELFReason(path: path) {
             throw .notSharedObject(path: path, reason: reason)
         }
-        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+        // dlopen searches the system library path for a name without a slash.
+        let openPath = path.contains("/") ? path : "./" + path
+        guard let handle = dlopen(openPath, RTLD_NOW | RTLD_LOCAL) else {
             throw .notSharedObject(path: path, reason: dlerror().map { String(cString: $0) } ?? "dlopen failed")
         }
         guard let symbol = dlsym(handle, pluginEntrySymbol) else {

@@ -117,8 +117,9 @@ final class PluginOperation: @unchecked Sendable {
     }
 
     /// Ends the operation (from `complete` or a synchronous return): frees inputs,
-    /// resumes the caller, drops the plugin's retain. A second completion is a
-    /// plugin bug; it is ignored rather than resuming twice.
+    /// resumes the caller, drops the plugin's retain. A second complete() is a
+    /// plugin bug the ABI forbids: the op may already be freed, so it cannot be detected
+    /// reliably; the flag only keeps a racing double completion from resuming twice.
     static func finish(_ pointer: OpaquePointer, status: parley_status) {
         let unmanaged = Unmanaged<PluginOperation>.fromOpaque(UnsafeRawPointer(pointer))
         let operation = unmanaged.takeUnretainedValue()

@@ -75,3 +75,17 @@ public final class PluginWorkerPool: Sendable {
         finished.signal()
     }
 }
+
+extension PluginWorkerPool {
+    /// Runs blocking work on the pool and returns its result to the waiting task.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async throws(PluginCallError) -> T {
+        let result: Result<T, PluginCallError> = await withCheckedContinuation { continuation in
+            do {
+                try submit { continuation.resume(returning: .success(body())) }
+            } catch {
+                continuation.resume(returning: .failure(error as! PluginCallError))
+            }
+        }
+        return try result.get()
+    }
+}

@@ -67,7 +67,7 @@ extension PluginCommand {
                           description: \(info.description)
                           kinds:       \(info.kinds.map(\.rawValue).joined(separator: ", "))
                           abi:         \(info.abiMajor).\(info.abiMinor) (host \(PluginLibrary.hostABI.major).\(PluginLibrary.hostABI.minor))
-                          build tag:   \(info.buildTag ?? "none (no shared runtime)")
+                          build tag:   \(info.buildTag ?? "none (no shared runtime)") (host \(PluginLibrary.hostBuildTag))
                         """)
                 } catch {
                     refused += 1

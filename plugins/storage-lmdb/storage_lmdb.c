@@ -357,13 +357,15 @@ static parley_status slmdb_scan(void *instance, parley_op *op, const parley_scan
     limit = PARLEY_HAS_FIELD(&req, parley_scan_request, limit) ? req.limit : 0;
 
     if ((st = slmdb_check_prefix(inst, op, req.table, req.partition)) != PARLEY_OK) return st;
+    if (PARLEY_HAS_FIELD(&req, parley_scan_request, flags) && (req.flags & ~(uint32_t)PARLEY_SCAN_REVERSE) != 0)
+        return slmdb_fail(inst, op, PARLEY_E_UNSUPPORTED, SLMDB_NAME ": scan: unknown flags 0x%x", (unsigned)req.flags);
     if (lower_kind != PARLEY_BOUND_NONE && lower_kind != PARLEY_BOUND_INCLUSIVE &&
         lower_kind != PARLEY_BOUND_EXCLUSIVE)
-        return slmdb_fail(inst, op, PARLEY_E_INVALID, SLMDB_NAME ": scan: unknown lower bound kind %d",
+        return slmdb_fail(inst, op, PARLEY_E_UNSUPPORTED, SLMDB_NAME ": scan: unknown lower bound kind %d",
                           (int)lower_kind);
     if (upper_kind != PARLEY_BOUND_NONE && upper_kind != PARLEY_BOUND_INCLUSIVE &&
         upper_kind != PARLEY_BOUND_EXCLUSIVE)
-        return slmdb_fail(inst, op, PARLEY_E_INVALID, SLMDB_NAME ": scan: unknown upper bound kind %d",
+        return slmdb_fail(inst, op, PARLEY_E_UNSUPPORTED, SLMDB_NAME ": scan: unknown upper bound kind %d",
                           (int)upper_kind);
     if (lower_kind != PARLEY_BOUND_NONE && (st = slmdb_check_sort(inst, op, req.lower, "scan lower bound")) != PARLEY_OK)
         return st;
@@ -655,7 +657,7 @@ static parley_status slmdb_apply(void *instance, parley_op *op, const parley_wri
         }
 
         default:
-            st = slmdb_fail(inst, op, PARLEY_E_INVALID, SLMDB_NAME ": apply: write %zu has unknown kind %d", i,
+            st = slmdb_fail(inst, op, PARLEY_E_UNSUPPORTED, SLMDB_NAME ": apply: write %zu has unknown kind %d", i,
                             (int)w.kind);
             goto abort;
         }

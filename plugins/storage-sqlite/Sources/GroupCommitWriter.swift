@@ -175,7 +175,7 @@ final class GroupCommitWriter: @unchecked Sendable {
         case PARLEY_WRITE_COUNTER_ADD:
             return try addToCounter(write, index: index)
         default:
-            throw .invalid("write \(index): unknown write kind \(write.kind.rawValue)")
+            throw StoreError(status: parley_status(PARLEY_E_UNSUPPORTED), message: "write \(index): unknown write kind \(write.kind.rawValue)")
         }
         return nil
     }

@@ -128,6 +128,11 @@ final class SQLiteStore: @unchecked Sendable {
         let request = copyVersioned(request)
         return withReader(op) { (connection) throws(StoreError) in
             try checkKey(table: request.table, partition: request.partition, sort: parley_bytes(data: nil, len: 0))
+            let knownFlags = UInt32(PARLEY_SCAN_REVERSE)
+            let knownBounds = [PARLEY_BOUND_NONE, PARLEY_BOUND_INCLUSIVE, PARLEY_BOUND_EXCLUSIVE]
+            guard request.flags & ~knownFlags == 0, knownBounds.contains(request.lower_kind), knownBounds.contains(request.upper_kind) else {
+                throw StoreError(status: parley_status(PARLEY_E_UNSUPPORTED), message: "scan: unknown flags or bound kinds")
+            }
             let reverse = request.flags & UInt32(PARLEY_SCAN_REVERSE) != 0
             var sql = "SELECT sk, value FROM kv WHERE tbl=?1 AND pk=?2"
             sql += Self.boundClause(request.lower_kind, lower: true)

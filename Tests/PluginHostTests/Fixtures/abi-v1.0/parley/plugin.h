@@ -41,8 +41,8 @@
  *     operation, the error/error_size buffer for create().
  *
  * Threading:
- *   - create() and destroy() are called once each, from one host thread,
- *     never concurrently with any other call on the same instance.
+ *   - create() and destroy() are called once each (possibly on different host
+ *     threads), never concurrently with any other call on the same instance.
  *   - Every other table function may be called concurrently, from several
  *     host worker threads at once, never from a network event loop. A call
  *     may block (disk, network); it only occupies a worker thread.
@@ -171,7 +171,7 @@ typedef struct parley_host parley_host;
 /** Opaque: one operation in flight. Valid from the call until complete() (or until
  *  a synchronous call returns). */
 typedef struct parley_op parley_op;
-/** Opaque: a registered metric. Valid for the life of the process. */
+/** Opaque: a registered metric. Valid until the instance's destroy() returns. */
 typedef struct parley_metric parley_metric;
 
 /* ------------------------------------------------------------------------ */
@@ -539,8 +539,9 @@ typedef struct parley_plugin_descriptor {
     const parley_crypto_vtable *crypto;
 } parley_plugin_descriptor;
 
-/** The one exported symbol. Returns a pointer to a static descriptor; called once,
- *  right after loading, before anything else. Must not fail or allocate. */
+/** The one exported symbol. Returns a pointer to a descriptor that stays valid for
+ *  the life of the process (static, or built once on the first call); called right
+ *  after loading, before anything else. Must not fail. */
 typedef const parley_plugin_descriptor *(*parley_plugin_entry_fn)(void);
 
 #ifdef __cplusplus

@@ -1,0 +1,37 @@
+// The tables the core keeps in the storage plugin and how their keys are encoded.
+// Every table name is short and fixed: changing one is a migration.
+public import PluginHost
+
+/// Table names and key encodings of the core's data.
+public enum StorageLayout {
+    /// users / <user id> / "" → user record (JSON).
+    public static let users = Array("users".utf8)
+    /// usernames / <lower-case username> / "" → user id. Written put-if-absent: uniqueness.
+    public static let usernames = Array("usernames".utf8)
+    /// devices / <user id> / <device id> → device record (JSON).
+    public static let devices = Array("devices".utf8)
+    /// tokens / <BLAKE2b of the token, hex> / "" → "<user id> <device id>".
+    public static let tokens = Array("tokens".utf8)
+    /// messages / <conversation id> / <sequence, 8 bytes big-endian> → message record (JSON).
+    public static let messages = Array("messages".utf8)
+    /// client_ids / <conversation id> / <sender user id> 0x00 <client id> → sequence (8 bytes BE).
+    public static let clientIDs = Array("client_ids".utf8)
+    /// user_conversations / <user id> / <conversation id> → last sequence and time (JSON).
+    public static let userConversations = Array("user_conversations".utf8)
+    /// to_device / <device id> / <time ns BE 8 bytes><random 8 bytes> → to-device message (JSON).
+    public static let toDevice = Array("to_device".utf8)
+
+    public static func key(_ table: [UInt8], _ partition: String, _ sort: [UInt8] = []) -> StorageKey {
+        StorageKey(table: table, partition: Array(partition.utf8), sort: sort)
+    }
+
+    /// A sequence number as a sort key: big-endian, so byte order is numeric order.
+    public static func sequenceKey(_ sequence: Int64) -> [UInt8] {
+        withUnsafeBytes(of: UInt64(sequence).bigEndian) { Array($0) }
+    }
+
+    public static func sequence(fromKey key: [UInt8]) -> Int64? {
+        guard key.count == 8 else { return nil }
+        return Int64(key.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+    }
+}

@@ -1,0 +1,178 @@
+// parleyd's settings: defaults, overridden by a JSON file, then by PARLEY_*
+// environment variables, then by --set KEY=VALUE; every value checked at start.
+import Foundation
+
+/// A setting that is missing, malformed or unknown. `key` names it as the operator wrote it.
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    public var key: String
+    public var problem: String
+
+    public var description: String { "configuration key '\(key)': \(problem) [config.invalid]" }
+}
+
+/// Every setting parleyd reads, with its default and meaning; `parleyd serve --help` prints this table.
+public enum ServerSetting: String, CaseIterable, Sendable {
+    case dataFolder = "data.folder"
+    case pluginFolders = "plugins.folders"
+    case pluginWorkers = "plugins.workers"
+    case pluginQueueDepth = "plugins.queue_depth"
+    case storagePlugin = "storage.plugin"
+    case logLevel = "log.level"
+
+    public var defaultValue: String {
+        switch self {
+        case .dataFolder: "./data"
+        case .pluginFolders: ""
+        case .pluginWorkers: "4"
+        case .pluginQueueDepth: "4096"
+        case .storagePlugin: "storage-sqlite"
+        case .logLevel: "info"
+        }
+    }
+
+    public var help: String {
+        switch self {
+        case .dataFolder: "folder for the database and other state; created if missing"
+        case .pluginFolders: "comma-separated plugin folders searched before <data.folder>/plugins and the executable's folder"
+        case .pluginWorkers: "threads running plugin calls (1-256)"
+        case .pluginQueueDepth: "plugin calls that may wait for a worker before callers get 'busy' (1-1000000)"
+        case .storagePlugin: "name of the storage plugin"
+        case .logLevel: "trace, debug, info, notice, warning, error or critical"
+        }
+    }
+
+    /// The environment variable that sets it, e.g. PARLEY_DATA_FOLDER.
+    public var environmentVariable: String { ServerConfiguration.environmentName(rawValue) }
+}
+
+/// The resolved configuration of one parleyd process.
+public struct ServerConfiguration: Sendable {
+    /// Server settings by key, after every source was applied.
+    public private(set) var values: [String: String]
+    /// Plugin settings (`plugin.NAME.SETTING`) from the file, and from --set.
+    private var filePluginSettings: [String: [String: String]] = [:]
+    private var overridePluginSettings: [String: [String: String]] = [:]
+    /// PARLEY_PLUGIN_<NAME>_<SETTING> variables, resolved once plugin names are known.
+    private var pluginEnvironment: [(String, String)] = []
+
+    public static func environmentName(_ key: String) -> String {
+        "PARLEY_" + key.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }.map(String.init).joined()
+    }
+
+    /// Reads `file` (JSON, optional), the environment and `overrides` (KEY=VALUE).
+    public init(file: String?, environment: [String: String], overrides: [String]) throws(ConfigurationError) {
+        values = Dictionary(uniqueKeysWithValues: ServerSetting.allCases.map { ($0.rawValue, $0.defaultValue) })
+        if let file {
+            for (key, value) in try Self.readJSON(file) { try set(key, value, fromFile: true) }
+        }
+        for setting in ServerSetting.allCases {
+            if let value = environment[setting.environmentVariable] { values[setting.rawValue] = value }
+        }
+        for (name, value) in environment where name.hasPrefix("PARLEY_PLUGIN_") {
+            pluginEnvironment.append((String(name.dropFirst("PARLEY_PLUGIN_".count)), value))
+        }
+        for override in overrides {
+            guard let equals = override.firstIndex(of: "="), equals != override.startIndex else {
+                throw ConfigurationError(key: override, problem: "--set expects KEY=VALUE")
+            }
+            try set(String(override[..<equals]), String(override[override.index(after: equals)...]), fromFile: false)
+        }
+        try validate()
+    }
+
+    private mutating func set(_ key: String, _ value: String, fromFile: Bool) throws(ConfigurationError) {
+        if key.hasPrefix("plugin.") {
+            let parts = key.split(separator: ".", maxSplits: 2)
+            guard parts.count == 3, !parts[1].isEmpty, !parts[2].isEmpty else {
+                throw ConfigurationError(key: key, problem: "plugin settings are named plugin.<plugin name>.<setting>")
+            }
+            if fromFile {
+                filePluginSettings[String(parts[1]), default: [:]][String(parts[2])] = value
+            } else {
+                overridePluginSettings[String(parts[1]), default: [:]][String(parts[2])] = value
+            }
+        } else if ServerSetting(rawValue: key) != nil {
+            values[key] = value
+        } else {
+            throw ConfigurationError(key: key, problem: "unknown setting; `parleyd serve --help` lists them")
+        }
+    }
+
+    private static func readJSON(_ file: String) throws(ConfigurationError) -> [(String, String)] {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigurationError(key: "--config", problem: "cannot read \(file)")
+        }
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            throw ConfigurationError(key: "--config", problem: "\(file) is not valid JSON: \(error.localizedDescription)")
+        }
+        guard let root = object as? [String: Any] else {
+            throw ConfigurationError(key: "--config", problem: "\(file) must hold a JSON object")
+        }
+        var flat: [(String, String)] = []
+        try flatten(root, prefix: "", into: &flat)
+        return flat
+    }
+
+    /// Turns nested objects into dotted keys; arrays of strings become comma-separated lists.
+    private static func flatten(_ object: [String: Any], prefix: String, into flat: inout [(String, String)]) throws(ConfigurationError) {
+        for (name, value) in object {
+            let key = prefix.isEmpty ? name : "\(prefix).\(name)"
+            switch value {
+            case let nested as [String: Any]:
+                try flatten(nested, prefix: key, into: &flat)
+            case let list as [Any]:
+                flat.append((key, list.map { "\($0)" }.joined(separator: ",")))
+            case let number as NSNumber where String(cString: number.objCType) == "c":
+                flat.append((key, number.boolValue ? "true" : "false"))
+            case let number as NSNumber:
+                flat.append((key, number.stringValue))
+            case let text as String:
+                flat.append((key, text))
+            default:
+                throw ConfigurationError(key: key, problem: "expected a string, number, boolean, list or object")
+            }
+        }
+    }
+
+    private func validate() throws(ConfigurationError) {
+        _ = try integer(.pluginWorkers, in: 1...256)
+        _ = try integer(.pluginQueueDepth, in: 1...1_000_000)
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(self[.logLevel]) else {
+            throw ConfigurationError(key: ServerSetting.logLevel.rawValue, problem: "must be one of trace, debug, info, notice, warning, error, critical; got '\(self[.logLevel])'")
+        }
+        guard !self[.dataFolder].isEmpty else { throw ConfigurationError(key: ServerSetting.dataFolder.rawValue, problem: "must not be empty") }
+        guard !self[.storagePlugin].isEmpty else { throw ConfigurationError(key: ServerSetting.storagePlugin.rawValue, problem: "must name a storage plugin") }
+    }
+
+    public subscript(_ setting: ServerSetting) -> String { values[setting.rawValue] ?? setting.defaultValue }
+
+    public func integer(_ setting: ServerSetting, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let value = Int(self[setting]), range.contains(value) else {
+            throw ConfigurationError(key: setting.rawValue, problem: "must be a whole number from \(range.lowerBound) to \(range.upperBound); got '\(self[setting])'")
+        }
+        return value
+    }
+
+    public var dataFolder: String { self[.dataFolder] }
+
+    /// Operator folders first, then <data>/plugins, then the executable's folder.
+    public var pluginFolders: [String] {
+        self[.pluginFolders].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            + [(dataFolder as NSString).appendingPathComponent("plugins")]
+    }
+
+    /// The settings for plugin `name`: the file's, then PARLEY_PLUGIN_<NAME>_<SETTING>
+    /// variables, then --set plugin.<name>.<setting>, each overriding the one before.
+    public func settings(forPlugin name: String) -> [String: String] {
+        var settings = filePluginSettings[name] ?? [:]
+        let prefix = Self.environmentName(name).dropFirst("PARLEY_".count) + "_"
+        for (variable, value) in pluginEnvironment where variable.hasPrefix(prefix) {
+            settings[variable.dropFirst(prefix.count).lowercased()] = value
+        }
+        settings.merge(overridePluginSettings[name] ?? [:]) { $1 }
+        return settings
+    }
+}
