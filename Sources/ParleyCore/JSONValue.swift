@@ -295,6 +295,9 @@ public struct JSONWriter {
     /// Appends an array element that is a string.
     public mutating func element(_ value: String) { separator(); appendString(value) }
 
+    /// Appends already-encoded JSON as an array element.
+    public mutating func rawElement(_ json: [UInt8]) { separator(); bytes.append(contentsOf: json) }
+
     /// Appends already-encoded JSON as the value of key.
     public mutating func rawField(_ key: String, _ json: [UInt8]) { self.key(key); bytes.append(contentsOf: json) }
 

@@ -1,5 +1,6 @@
 // Sequencing, durable storage, idempotent resends, history and sync of conversation messages.
 public import PluginHost
+import Synchronization
 
 /// A message a device asks to send.
 public struct SendRequest: Sendable {
@@ -43,9 +44,12 @@ public struct ConversationSummary: Sendable, Equatable {
 }
 
 /// Assigns each conversation's messages a gapless, strictly increasing sequence and
-/// stores them before acknowledging. Sends to one conversation are written in order,
-/// many per storage batch; conversations proceed independently.
-public actor MessageLog {
+/// stores them before acknowledging. Sends to one conversation are written in the order
+/// they were submitted, many per storage batch; conversations proceed independently.
+/// `submit` is synchronous, so a connection that submits in arrival order keeps its order.
+public final class MessageLog: Sendable {
+    public typealias Completion = @Sendable (Result<(SendAck, StoredMessage?), ChatError>) -> Void
+
     public struct Limits: Sendable {
         public var maxBodyBytes = 65_536
         public var maxClientIDBytes = 64
@@ -56,7 +60,9 @@ public actor MessageLog {
 
     private struct Pending {
         var request: SendRequest
-        var continuation: CheckedContinuation<Result<(SendAck, StoredMessage?), ChatError>, Never>
+        var completion: Completion
+
+        func resume(returning result: Result<(SendAck, StoredMessage?), ChatError>) { completion(result) }
     }
 
     private struct State {
@@ -65,9 +71,9 @@ public actor MessageLog {
         var writing = false
     }
 
-    public nonisolated let limits: Limits
+    public let limits: Limits
     private let storage: StorageBackend
-    private var states: [ConversationID: State] = [:]
+    private let states = Mutex<[ConversationID: State]>([:])
 
     public init(storage: StorageBackend, limits: Limits = Limits()) {
         self.storage = storage
@@ -75,7 +81,7 @@ public actor MessageLog {
     }
 
     /// Checks a send's fields against the limits; throws the error the client sees.
-    public nonisolated func validate(_ request: SendRequest) throws(ChatError) {
+    public func validate(_ request: SendRequest) throws(ChatError) {
         guard request.conversation.includes(request.sender.userID) else { throw .forbidden("you are not in conversation \(request.conversation)") }
         guard !request.clientID.isEmpty, request.clientID.utf8.count <= limits.maxClientIDBytes else {
             throw .invalid("client_id must have 1 to \(limits.maxClientIDBytes) bytes")
@@ -89,51 +95,69 @@ public actor MessageLog {
     /// Stores the message and returns its ack, with the stored message to deliver
     /// (nil for a duplicate resend, which delivers nothing).
     public func send(_ request: SendRequest) async throws(ChatError) -> (SendAck, StoredMessage?) {
-        try validate(request)
         let result = await withCheckedContinuation { continuation in
-            enqueue(Pending(request: request, continuation: continuation))
+            submit(request) { continuation.resume(returning: $0) }
         }
         return try result.get()
     }
 
-    private func enqueue(_ pending: Pending) {
-        let conversation = pending.request.conversation
-        states[conversation, default: State()].queue.append(pending)
-        if states[conversation]?.writing == false {
-            states[conversation]?.writing = true
-            Task { await self.drain(conversation) }
+    /// Queues a send; `completion` runs once, on any thread, after the message is
+    /// durable (or failed). Invalid requests complete at once with their error.
+    public func submit(_ request: SendRequest, completion: @escaping Completion) {
+        do {
+            try validate(request)
+        } catch {
+            completion(.failure(error))
+            return
         }
+        let conversation = request.conversation
+        let startDrain = states.withLock { states in
+            states[conversation, default: State()].queue.append(Pending(request: request, completion: completion))
+            guard states[conversation]?.writing == false else { return false }
+            states[conversation]?.writing = true
+            return true
+        }
+        if startDrain { Task { await self.drain(conversation) } }
+    }
+
+    private enum Next {
+        case load
+        case write([Pending], after: Int64)
+        case done
     }
 
     private func drain(_ conversation: ConversationID) async {
-        while let state = states[conversation], !state.queue.isEmpty {
-            let last: Int64
-            if let known = state.lastSequence {
-                last = known
-            } else {
-                do {
-                    last = try await loadLastSequence(conversation)
-                    states[conversation]?.lastSequence = last
-                } catch {
-                    fail(conversation, error)
-                    continue
+        while true {
+            let next: Next = states.withLock { states in
+                guard let state = states[conversation], !state.queue.isEmpty else {
+                    states[conversation]?.writing = false
+                    if states.count > 100_000 { states[conversation] = nil }
+                    return .done
                 }
+                guard let last = state.lastSequence else { return .load }
+                let take = min(state.queue.count, limits.maxMessagesPerBatch)
+                let batch = Array(state.queue.prefix(take))
+                states[conversation]!.queue.removeFirst(take)
+                return .write(batch, after: last)
             }
-            let take = min(states[conversation]!.queue.count, limits.maxMessagesPerBatch)
-            let batch = Array(states[conversation]!.queue.prefix(take))
-            states[conversation]!.queue.removeFirst(take)
-            await write(batch, to: conversation, after: last)
+            switch next {
+            case .done:
+                return
+            case .load:
+                do {
+                    let last = try await loadLastSequence(conversation)
+                    states.withLock { $0[conversation]?.lastSequence = last }
+                } catch {
+                    let queue = states.withLock { states in
+                        defer { states[conversation]?.queue.removeAll() }
+                        return states[conversation]?.queue ?? []
+                    }
+                    for pending in queue { pending.resume(returning: .failure(error)) }
+                }
+            case .write(let batch, let last):
+                await write(batch, to: conversation, after: last)
+            }
         }
-        states[conversation]?.writing = false
-        if states[conversation]?.queue.isEmpty == true, states.count > 100_000 {
-            states[conversation] = nil
-        }
-    }
-
-    private func fail(_ conversation: ConversationID, _ error: ChatError) {
-        let queue = states[conversation]?.queue ?? []
-        states[conversation]?.queue.removeAll()
-        for pending in queue { pending.continuation.resume(returning: .failure(error)) }
     }
 
     private func loadLastSequence(_ conversation: ConversationID) async throws(ChatError) -> Int64 {
@@ -189,17 +213,17 @@ public actor MessageLog {
             }
             do {
                 try await storage.apply(writes)
-                states[conversation]?.lastSequence = sequence
-                for (pending, ack) in zip(remaining, acks) { pending.continuation.resume(returning: .success(ack)) }
+                states.withLock { $0[conversation]?.lastSequence = sequence }
+                for (pending, ack) in zip(remaining, acks) { pending.resume(returning: .success(ack)) }
                 return
             } catch {
                 if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = writeOwner[index] {
                     let duplicate = remaining.remove(at: owner)
-                    duplicate.continuation.resume(returning: await originalAck(of: duplicate.request))
+                    duplicate.resume(returning: await originalAck(of: duplicate.request))
                     continue
                 }
                 let chatError = AccountService.storageError(error)
-                for pending in remaining { pending.continuation.resume(returning: .failure(chatError)) }
+                for pending in remaining { pending.resume(returning: .failure(chatError)) }
                 return
             }
         }

@@ -18,6 +18,19 @@ public enum ServerSetting: String, CaseIterable, Sendable {
     case pluginQueueDepth = "plugins.queue_depth"
     case storagePlugin = "storage.plugin"
     case logLevel = "log.level"
+    case listeners = "listeners"
+    case httpHost = "http.host"
+    case httpPort = "http.port"
+    case chatHost = "chat.host"
+    case chatPort = "chat.port"
+    case chatPublicURL = "chat.public_url"
+    case tlsCertificate = "tls.certificate"
+    case tlsKey = "tls.key"
+    case maxFrameBytes = "chat.max_frame_bytes"
+    case pingInterval = "chat.ping_interval_seconds"
+    case idleTimeout = "chat.idle_timeout_seconds"
+    case rateLimit = "chat.rate_limit_per_second"
+    case maxBodyBytes = "messages.max_body_bytes"
 
     public var defaultValue: String {
         switch self {
@@ -27,6 +40,19 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .pluginQueueDepth: "4096"
         case .storagePlugin: "storage-sqlite"
         case .logLevel: "info"
+        case .listeners: "http,chat"
+        case .httpHost: "127.0.0.1"
+        case .httpPort: "8080"
+        case .chatHost: "127.0.0.1"
+        case .chatPort: "8081"
+        case .chatPublicURL: ""
+        case .tlsCertificate: ""
+        case .tlsKey: ""
+        case .maxFrameBytes: "131072"
+        case .pingInterval: "15"
+        case .idleTimeout: "45"
+        case .rateLimit: "200"
+        case .maxBodyBytes: "65536"
         }
     }
 
@@ -38,6 +64,19 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .pluginQueueDepth: "plugin calls that may wait for a worker before callers get 'busy' (1-1000000)"
         case .storagePlugin: "name of the storage plugin"
         case .logLevel: "trace, debug, info, notice, warning, error or critical"
+        case .listeners: "which listeners this node runs: http, chat, or both (http,chat)"
+        case .httpHost: "address the HTTP API listens on"
+        case .httpPort: "port of the HTTP API (0 picks a free one)"
+        case .chatHost: "address the chat (WebSocket) listener listens on"
+        case .chatPort: "port of the chat listener (0 picks a free one)"
+        case .chatPublicURL: "WebSocket URL that discovery hands to clients; default ws(s)://chat.host:chat.port/v1/ws"
+        case .tlsCertificate: "PEM certificate chain; with tls.key, both listeners use TLS (https, wss)"
+        case .tlsKey: "PEM private key for tls.certificate"
+        case .maxFrameBytes: "largest WebSocket frame accepted; larger ones close the connection with 1009 (1024-16777216)"
+        case .pingInterval: "seconds between server pings on a quiet connection (1-3600)"
+        case .idleTimeout: "seconds without any frame or pong before a connection is closed (2-7200)"
+        case .rateLimit: "frames per second one connection may send, bursts of twice that (1-100000)"
+        case .maxBodyBytes: "largest message body in bytes (1-1048576)"
         }
     }
 
@@ -139,6 +178,20 @@ public struct ServerConfiguration: Sendable {
 
     private func validate() throws(ConfigurationError) {
         _ = try integer(.pluginWorkers, in: 1...256)
+        _ = try integer(.httpPort, in: 0...65_535)
+        _ = try integer(.chatPort, in: 0...65_535)
+        _ = try integer(.maxFrameBytes, in: 1024...16_777_216)
+        _ = try integer(.pingInterval, in: 1...3600)
+        _ = try integer(.idleTimeout, in: 2...7200)
+        _ = try integer(.rateLimit, in: 1...100_000)
+        _ = try integer(.maxBodyBytes, in: 1...1_048_576)
+        let listeners = Set(self[.listeners].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        guard !listeners.isEmpty, listeners.isSubset(of: ["http", "chat"]) else {
+            throw ConfigurationError(key: ServerSetting.listeners.rawValue, problem: "must be http, chat, or http,chat; got '\(self[.listeners])'")
+        }
+        guard self[.tlsCertificate].isEmpty == self[.tlsKey].isEmpty else {
+            throw ConfigurationError(key: self[.tlsCertificate].isEmpty ? ServerSetting.tlsCertificate.rawValue : ServerSetting.tlsKey.rawValue, problem: "tls.certificate and tls.key are set together")
+        }
         _ = try integer(.pluginQueueDepth, in: 1...1_000_000)
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(self[.logLevel]) else {
             throw ConfigurationError(key: ServerSetting.logLevel.rawValue, problem: "must be one of trace, debug, info, notice, warning, error, critical; got '\(self[.logLevel])'")
@@ -157,6 +210,9 @@ public struct ServerConfiguration: Sendable {
     }
 
     public var dataFolder: String { self[.dataFolder] }
+
+    public var runsHTTP: Bool { self[.listeners].contains("http") }
+    public var runsChat: Bool { self[.listeners].contains("chat") }
 
     /// Operator folders first, then <data>/plugins, then the executable's folder.
     public var pluginFolders: [String] {

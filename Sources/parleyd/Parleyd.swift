@@ -7,7 +7,9 @@ struct Parleyd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "parleyd",
         abstract: "The Parley chat server and its operator tools.",
-        version: parleyVersion,
-        subcommands: [PluginCommand.self]
+        version: parleyVersionString,
+        subcommands: [Serve.self, PluginCommand.self]
     )
 }
+
+let parleyVersionString = "\(parleyVersion) (plugin ABI \(PluginLibrary.hostABI.major).\(PluginLibrary.hostABI.minor), \(PluginLibrary.hostBuildTag))"

@@ -1,0 +1,110 @@
+// The channel handler at the end of each WebSocket pipeline: reads frames, enforces
+// the rate limit, answers pings, and hands text frames to the ChatService.
+public import NIOCore
+import NIOWebSocket
+import ParleyCore
+import Synchronization
+
+/// Limits and timers of the chat listener.
+public struct ChatListenerSettings: Sendable {
+    public var maxFrameBytes = 131_072
+    public var pingInterval: TimeAmount = .seconds(15)
+    public var idleTimeout: TimeAmount = .seconds(45)
+    public var authenticationTimeout: TimeAmount = .seconds(10)
+    /// Frames per second a connection may send, and the burst it may save up.
+    public var framesPerSecond: Double = 200
+    public var burstFrames: Double = 400
+    /// Frames queued while the socket refuses more before the connection is closed.
+    public var maxUnwritableWrites = 2_000
+    public init() {}
+}
+
+final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let service: ChatService
+    private let settings: ChatListenerSettings
+    private let headerToken: String?
+    private var connection: ChatConnection?
+    private var tokens: Double
+    private var lastRefill = NIODeadline.now()
+    private var authenticationTimer: Scheduled<Void>?
+
+    init(service: ChatService, settings: ChatListenerSettings, headerToken: String?) {
+        self.service = service
+        self.settings = settings
+        self.headerToken = headerToken
+        tokens = settings.burstFrames
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let connection = ChatConnection(channel: context.channel, maxUnwritableWrites: settings.maxUnwritableWrites)
+        self.connection = connection
+        if let headerToken {
+            service.handle(ByteBuffer(bytes: ChatFrames.reply("hello", id: nil) { $0.field("token", headerToken) }).readableBytesView, from: connection)
+        }
+        authenticationTimer = context.eventLoop.scheduleTask(in: settings.authenticationTimeout) {
+            if connection.session.withLock({ $0 }) == nil {
+                connection.close(code: .init(codeNumber: ChatCloseCode.authenticationTimeout), reason: "no hello within the time allowed")
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        authenticationTimer?.cancel()
+        if let connection { service.disconnected(connection) }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard let connection else { return }
+        switch frame.opcode {
+        case .text:
+            guard allowFrame() else {
+                connection.send(ChatFrames.error(id: nil, ChatError("rate_limited", "more than \(Int(settings.framesPerSecond)) frames per second; this frame was dropped")))
+                return
+            }
+            service.handle(frame.unmaskedData.readableBytesView, from: connection)
+        case .binary:
+            connection.send(ChatFrames.error(id: nil, ChatError("unsupported_frame", "binary frames are not used; send JSON text frames")))
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .connectionClose:
+            var data = frame.unmaskedData
+            let code = data.readWebSocketErrorCode() ?? .normalClosure
+            connection.close(code: code, reason: "")
+        default:
+            break
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let idle = event as? IdleStateHandler.IdleStateEvent, let connection else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        switch idle {
+        case .read:
+            connection.close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
+        case .write, .all:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    /// A token bucket: `framesPerSecond` refill, `burstFrames` capacity.
+    private func allowFrame() -> Bool {
+        let now = NIODeadline.now()
+        let elapsed = Double((now - lastRefill).nanoseconds) / 1e9
+        lastRefill = now
+        tokens = min(settings.burstFrames, tokens + elapsed * settings.framesPerSecond)
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
+    }
+}

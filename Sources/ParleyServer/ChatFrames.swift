@@ -1,0 +1,58 @@
+// Frames the chat listener sends: replies to requests and events. Built with the
+// core's JSONWriter; a message event is built once and shared by every recipient.
+import ParleyCore
+
+enum ChatFrames {
+    static func error(id: String?, _ error: ChatError) -> [UInt8] {
+        var writer = JSONWriter(capacity: 128)
+        writer.beginObject()
+        writer.field("type", "error")
+        writer.field("id", id)
+        writer.field("code", error.code)
+        writer.field("message", error.message)
+        writer.endObject()
+        return writer.bytes
+    }
+
+    static func reply(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
+        var writer = JSONWriter(capacity: 128)
+        writer.beginObject()
+        writer.field("type", type)
+        writer.field("id", id)
+        fields(&writer)
+        writer.endObject()
+        return writer.bytes
+    }
+
+    static func ack(id: String?, _ ack: SendAck) -> [UInt8] {
+        reply("ack", id: id) { writer in
+            writer.field("conversation", ack.conversation)
+            writer.field("seq", ack.sequence)
+            writer.field("ts", ack.timestamp)
+            writer.field("client_id", ack.clientID)
+            writer.field("duplicate", ack.duplicate)
+        }
+    }
+
+    /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged.
+    static func messageEvent(_ record: [UInt8]) -> [UInt8] { event("message", record) }
+
+    static func toDeviceEvent(_ record: [UInt8]) -> [UInt8] { event("to_device", record) }
+
+    private static func event(_ type: String, _ record: [UInt8]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(record.count + 40)
+        bytes.append(contentsOf: Array("{\"type\":\"\(type)\",\"message\":".utf8))
+        bytes.append(contentsOf: record)
+        bytes.append(UInt8(ascii: "}"))
+        return bytes
+    }
+
+    static func user(_ writer: inout JSONWriter, _ key: String, _ profile: UserProfile) {
+        writer.beginObject(key)
+        writer.field("id", profile.id)
+        writer.field("username", profile.username)
+        writer.field("display_name", profile.displayName)
+        writer.endObject()
+    }
+}

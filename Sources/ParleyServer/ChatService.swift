@@ -1,0 +1,288 @@
+// What the chat listener does with each request frame, independent of the socket
+// code: authentication, sends with ack-after-durable and fan-out, sync and history,
+// to-device messages.
+public import Logging
+import NIOCore
+import NIOWebSocket
+public import ParleyCore
+import Prometheus
+import Synchronization
+
+public final class ChatService: Sendable {
+    let accounts: AccountService
+    let messages: MessageLog
+    let toDevice: ToDeviceQueue
+    let registry = ConnectionRegistry()
+    let metrics: ServerMetrics
+    let logger: Logger
+
+    public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, metrics: ServerMetrics, logger: Logger) {
+        self.accounts = accounts
+        self.messages = messages
+        self.toDevice = toDevice
+        self.metrics = metrics
+        self.logger = logger
+        accounts.onDeviceRevoked { [registry] userID, deviceID in
+            for connection in registry.connections(of: userID) where connection.session.withLock({ $0?.deviceID }) == deviceID {
+                connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "device revoked")
+            }
+        }
+    }
+
+    /// Online connections, for the metrics and for shutdown.
+    public var onlineConnections: Int { registry.count }
+
+    /// Closes every connection with "going away" (1001).
+    public func closeAll() {
+        for connection in registry.all() { connection.close(code: .goingAway, reason: "server shutting down") }
+    }
+
+    // MARK: Frames
+
+    /// Handles one text frame from a connection. Runs on the connection's event loop.
+    func handle(_ bytes: ByteBufferView, from connection: ChatConnection) {
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(bytes)
+        } catch {
+            reply(connection, ChatFrames.error(id: nil, ChatError("malformed_json", "the frame is not valid JSON: \(error)")))
+            return
+        }
+        guard case .object(let fields) = value else {
+            reply(connection, ChatFrames.error(id: nil, ChatError.invalid("a frame is a JSON object")))
+            return
+        }
+        let id: String?
+        switch fields["id"] {
+        case .none, .some(.null): id = nil
+        case .some(.string(let text)) where text.utf8.count <= 64: id = text
+        default:
+            reply(connection, ChatFrames.error(id: nil, ChatError.invalid("'id' must be a string of at most 64 bytes")))
+            return
+        }
+        guard let type = fields["type"]?.stringValue else {
+            reply(connection, ChatFrames.error(id: id, ChatError.invalid("missing 'type'")))
+            return
+        }
+        do {
+            try dispatch(type, fields, id: id, connection)
+        } catch {
+            reply(connection, ChatFrames.error(id: id, error))
+        }
+    }
+
+    private func reply(_ connection: ChatConnection, _ frame: [UInt8]) {
+        connection.send(frame)
+    }
+
+    private func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
+        metrics.errors.increment()
+        reply(connection, ChatFrames.error(id: id, error))
+    }
+
+    private func dispatch(_ type: String, _ fields: [String: JSONValue], id: String?, _ connection: ChatConnection) throws(ChatError) {
+        if type == "hello" {
+            guard let token = fields["token"]?.stringValue else { throw .invalid("hello needs 'token'") }
+            authenticate(connection, token: token, id: id)
+            return
+        }
+        if type == "ping" {
+            reply(connection, ChatFrames.reply("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
+            return
+        }
+        guard let session = connection.session.withLock({ $0 }) else {
+            throw ChatError("unauthorized", "send 'hello' with your token first", httpStatus: 401)
+        }
+        switch type {
+        case "send":
+            try send(fields, id: id, session: session, connection)
+        case "open":
+            let username = try Self.string(fields, "with")
+            run(connection, id: id) { () throws(ChatError) in
+                guard let peer = try await self.accounts.lookUp(username: username) else { throw .notFound("user \(username)") }
+                let conversation = ConversationID.direct(session.userID, peer.id)
+                return ChatFrames.reply("conversation", id: id) { writer in
+                    writer.field("conversation", conversation.rawValue)
+                    ChatFrames.user(&writer, "peer", peer)
+                }
+            }
+        case "sync":
+            var cursors: [String: Int64] = [:]
+            if let given = fields["cursors"] {
+                guard let object = given.objectValue, object.count <= 100_000 else { throw .invalid("'cursors' must be an object of conversation: sequence") }
+                for (conversation, value) in object {
+                    guard let sequence = value.int64Value, sequence >= 0 else { throw .invalid("cursor of \(conversation) must be a whole number >= 0") }
+                    cursors[conversation] = sequence
+                }
+            }
+            run(connection, id: id) { [cursors] () throws(ChatError) in
+                let changed = try await self.messages.changes(session, cursors: cursors)
+                return ChatFrames.reply("sync_result", id: id) { writer in
+                    writer.beginArray("conversations")
+                    for summary in changed {
+                        writer.beginObject()
+                        writer.field("conversation", summary.conversation)
+                        writer.field("last_seq", summary.lastSequence)
+                        writer.field("last_ts", summary.lastTimestamp)
+                        writer.endObject()
+                    }
+                    writer.endArray()
+                }
+            }
+        case "fetch":
+            let conversation = try Self.conversation(fields)
+            let after = try Self.optionalInteger(fields, "after")
+            let before = try Self.optionalInteger(fields, "before")
+            let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
+            run(connection, id: id) { () throws(ChatError) in
+                let page = try await self.messages.history(session, conversation: conversation, after: after, before: before, limit: limit)
+                return ChatFrames.reply("messages", id: id) { writer in
+                    writer.field("conversation", conversation.rawValue)
+                    writer.beginArray("messages")
+                    for message in page { writer.rawElement(message.record) }
+                    writer.endArray()
+                    writer.field("more", page.count == limit)
+                }
+            }
+        case "send_to_device":
+            let username = try Self.string(fields, "to")
+            let device = try Self.string(fields, "device")
+            let contentType = try Self.string(fields, "content_type")
+            let body = try Self.string(fields, "body")
+            run(connection, id: id) { () throws(ChatError) in
+                guard let target = try await self.accounts.lookUp(username: username),
+                    try await self.accounts.deviceExists(userID: target.id, deviceID: device)
+                else { throw .notFound("device \(device) of user \(username)") }
+                let message = try await self.toDevice.send(from: session, targetUser: target.id, targetDevice: device, contentType: contentType, body: body)
+                let event = ByteBuffer(bytes: ChatFrames.toDeviceEvent(message.record))
+                for peer in self.registry.connections(of: target.id) where peer.session.withLock({ $0?.deviceID }) == device {
+                    peer.send(event)
+                }
+                return ChatFrames.reply("to_device_ack", id: id) { $0.field("message_id", message.id) }
+            }
+        case "fetch_to_device":
+            let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
+            run(connection, id: id) { () throws(ChatError) in
+                let pending = try await self.toDevice.pending(for: session, limit: limit)
+                return ChatFrames.reply("to_device_messages", id: id) { writer in
+                    writer.beginArray("messages")
+                    for message in pending { writer.rawElement(message.record) }
+                    writer.endArray()
+                }
+            }
+        case "ack_to_device":
+            guard let ids = fields["ids"]?.arrayValue?.compactMap(\.stringValue), ids.count == fields["ids"]?.arrayValue?.count else {
+                throw .invalid("'ids' must be an array of message ids")
+            }
+            run(connection, id: id) { () throws(ChatError) in
+                try await self.toDevice.acknowledge(session, ids: ids)
+                return ChatFrames.reply("ok", id: id)
+            }
+        default:
+            throw ChatError("unknown_type", "unknown frame type '\(type)'")
+        }
+    }
+
+    private func send(_ fields: [String: JSONValue], id: String?, session: Session, _ connection: ChatConnection) throws(ChatError) {
+        let request = SendRequest(
+            sender: session, conversation: try Self.conversation(fields), clientID: try Self.string(fields, "client_id"),
+            contentType: try Self.string(fields, "content_type"), body: try Self.string(fields, "body"))
+        metrics.messagesIn.increment()
+        let started = ContinuousClock.now
+        messages.submit(request) { [self] result in
+            switch result {
+            case .success((let ack, let stored)):
+                metrics.storageLatency.record(ContinuousClock.now - started)
+                metrics.acks.increment()
+                connection.send(ChatFrames.ack(id: id, ack))
+                if let stored { deliver(stored, except: connection) }
+            case .failure(let error):
+                fail(connection, id: id, error)
+            }
+        }
+    }
+
+    /// Sends a stored message to every online device of every participant but the
+    /// sending connection. The frame is serialized once and its bytes shared.
+    private func deliver(_ message: StoredMessage, except sender: ChatConnection) {
+        let frame = ByteBuffer(bytes: ChatFrames.messageEvent(message.record))
+        var delivered = 0
+        for participant in message.conversation.participants {
+            for connection in registry.connections(of: participant) where connection !== sender {
+                connection.send(frame)
+                delivered += 1
+            }
+        }
+        metrics.messagesOut.increment(by: Int64(delivered))
+    }
+
+    private func authenticate(_ connection: ChatConnection, token: String, id: String?) {
+        if connection.session.withLock({ $0 }) != nil {
+            fail(connection, id: id, .invalid("this connection is already authenticated"))
+            return
+        }
+        Task {
+            do throws(ChatError) {
+                let session = try await accounts.authenticate(token: token)
+                guard let profile = try await accounts.profile(id: session.userID) else { throw .unauthorized }
+                let first = connection.session.withLock { current in
+                    if current != nil { return false }
+                    current = session
+                    return true
+                }
+                guard first else { return }
+                registry.add(connection, userID: session.userID)
+                metrics.connections.increment()
+                connection.send(ChatFrames.reply("welcome", id: id) { writer in
+                    ChatFrames.user(&writer, "user", profile)
+                    writer.field("device", session.deviceID)
+                    writer.field("server_time", currentTimeMillis())
+                })
+            } catch {
+                connection.send(ChatFrames.error(id: id, error))
+                if error.code == ChatError.unauthorized.code {
+                    connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "invalid or revoked token")
+                }
+            }
+        }
+    }
+
+    /// Called when a connection closes.
+    func disconnected(_ connection: ChatConnection) {
+        guard let session = connection.session.withLock({ $0 }) else { return }
+        registry.remove(connection, userID: session.userID)
+        metrics.connections.decrement()
+    }
+
+    /// Runs an asynchronous request and sends its one reply (or error).
+    private func run(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () async throws(ChatError) -> [UInt8]) {
+        Task {
+            do throws(ChatError) {
+                connection.send(try await body())
+            } catch {
+                fail(connection, id: id, error)
+            }
+        }
+    }
+
+    // MARK: Field parsing
+
+    static func string(_ fields: [String: JSONValue], _ key: String) throws(ChatError) -> String {
+        guard let value = fields[key] else { throw .invalid("missing '\(key)'") }
+        guard let text = value.stringValue else { throw .invalid("'\(key)' must be a string") }
+        return text
+    }
+
+    static func optionalInteger(_ fields: [String: JSONValue], _ key: String) throws(ChatError) -> Int64? {
+        guard let value = fields[key], value != .null else { return nil }
+        guard let number = value.int64Value, number >= 0 else { throw .invalid("'\(key)' must be a whole number >= 0") }
+        return number
+    }
+
+    static func conversation(_ fields: [String: JSONValue]) throws(ChatError) -> ConversationID {
+        let text = try string(fields, "conversation")
+        guard let conversation = ConversationID(text) else { throw .notFound("conversation \(text)") }
+        return conversation
+    }
+}
+

@@ -1,0 +1,94 @@
+// `parleyd serve`: runs a node until SIGTERM or SIGINT.
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import Metrics
+import ParleyServer
+import Prometheus
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the Parley server.",
+        discussion: """
+            With no configuration it keeps its data in ./data, stores on SQLite (the storage-sqlite \
+            plugin), serves the HTTP API on 127.0.0.1:8080 and the chat listener on 127.0.0.1:8081.
+
+            Settings come from, in increasing priority: the defaults, a JSON file (--config FILE, \
+            nested objects or dotted keys), environment variables (PARLEY_ + the key in capitals \
+            with '.' as '_'), and --set KEY=VALUE. Plugin settings are plugin.<plugin>.<setting> \
+            (environment: PARLEY_PLUGIN_<PLUGIN>_<SETTING>). An invalid setting stops start-up \
+            with a message naming it, and exit status 78.
+
+            Settings:
+            \(ServerSetting.allCases.map { "  \($0.rawValue) (default: \($0.defaultValue.isEmpty ? "none" : $0.defaultValue))\n      \($0.help); env \($0.environmentVariable)" }.joined(separator: "\n"))
+            """
+    )
+
+    @Option(name: .customLong("config"), help: "A JSON configuration file.")
+    var file: String?
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Set one setting, KEY=VALUE; repeatable.", valueName: "key=value"))
+    var overrides: [String] = []
+
+    func run() async throws {
+        let configuration: ServerConfiguration
+        do {
+            configuration = try ServerConfiguration(file: file ?? ProcessInfo.processInfo.environment["PARLEY_CONFIG"], environment: ProcessInfo.processInfo.environment, overrides: overrides)
+        } catch {
+            printError("parleyd: \(error)")
+            throw ExitCode(78)
+        }
+        let level = Logger.Level(rawValue: configuration[.logLevel]) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let metrics = ServerMetrics()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
+        let logger = Logger(label: "parleyd")
+        let node: ParleyNode
+        do {
+            node = try await ParleyNode.start(configuration, metrics: metrics, logger: logger)
+        } catch {
+            printError("parleyd: cannot start: \(error)")
+            throw ExitCode(error.exitCode)
+        }
+        print("parleyd \(parleyVersionString) running: HTTP API \(node.httpPort.map { "port \($0)" } ?? "off"), chat \(node.chatPort != nil ? node.chatURL : "off"); data in \(configuration.dataFolder)")
+        fflush(stdout)
+        await waitForTerminationSignal()
+        logger.info("shutting down")
+        await node.shutdown()
+    }
+
+    private func waitForTerminationSignal() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let once = SignalOnce(continuation)
+            for number in [SIGTERM, SIGINT] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { once.fire() }
+                source.resume()
+                SignalOnce.sources.append(source)
+            }
+        }
+    }
+}
+
+/// Resumes the waiting task on the first signal only.
+private final class SignalOnce: @unchecked Sendable {
+    nonisolated(unsafe) static var sources: [any DispatchSourceSignal] = []
+    private var continuation: CheckedContinuation<Void, Never>?
+    private let lock = NSLock()
+
+    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+
+    func fire() {
+        lock.lock()
+        let continuation = self.continuation
+        self.continuation = nil
+        lock.unlock()
+        continuation?.resume()
+    }
+}
