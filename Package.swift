@@ -40,6 +40,8 @@ let package = Package(
     name: "parley",
     products: [
         .executable(name: "parleyd", targets: ["parleyd"]),
+        .executable(name: "parley", targets: ["parley"]),
+        .library(name: "ParleyClient", targets: ["ParleyClient"]),
         .library(name: "parley-storage-sqlite", type: .dynamic, targets: ["StorageSQLite"]),
         .library(name: "parley-storage-lmdb", type: .dynamic, targets: ["StorageLMDB"]),
     ],
@@ -80,11 +82,13 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .systemLibrary(name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium"),
+        // The JSON reader and writer shared by the server and the client (no Foundation).
+        .target(name: "ParleyJSON", swiftSettings: strictSwift),
         // Accounts, devices, conversations, sequencing and sync: plain Swift over the storage facade.
         .target(
             name: "ParleyCore",
             dependencies: [
-                "PluginHost", "CSodium",
+                "PluginHost", "CSodium", "ParleyJSON",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift
@@ -93,7 +97,7 @@ let package = Package(
         .target(
             name: "ParleyServer",
             dependencies: [
-                "PluginHost", "ParleyCore",
+                "PluginHost", "ParleyCore", "ParleyJSON",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -106,6 +110,28 @@ let package = Package(
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        // The client library: HTTP API calls and a WebSocket chat session (SwiftNIO).
+        .target(
+            name: "ParleyClient",
+            dependencies: [
+                "ParleyJSON",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        // The command-line client.
+        .executableTarget(
+            name: "parley",
+            dependencies: [
+                "ParleyClient", "ParleyJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSwift
         ),
@@ -144,6 +170,14 @@ let package = Package(
             linkerSettings: [.linkedLibrary("lmdb")] + pluginLinkerSettings("storage-lmdb")
         ),
 
+        .testTarget(
+            name: "ServerTests",
+            dependencies: [
+                "ParleyServer", "ParleyClient", "ParleyCore", "ParleyJSON", "PluginHost",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .testTarget(
             name: "PluginHostTests",
             dependencies: [

@@ -1,5 +1,6 @@
 // Accounts and devices: sign-up, log-in (each log-in is a device with its own token),
 // log-out, password change, device list, rename and revoke, profiles.
+import ParleyJSON
 public import PluginHost
 import Synchronization
 
@@ -63,7 +64,7 @@ public final class AccountService: Sendable {
         let first = bytes[0]
         let startsWell = (0x61...0x7A).contains(first) || (0x41...0x5A).contains(first) || (0x30...0x39).contains(first)
         guard allowed && startsWell else {
-            throw ChatError("invalid_username", "a username uses letters a-z, digits, '_', '.' and '-', and starts with a letter or digit")
+            throw ChatError("invalid_username", "a username uses ASCII letters, digits, '_', '.' and '-', and starts with a letter or digit")
         }
     }
 

@@ -1,4 +1,5 @@
 // Sequencing, durable storage, idempotent resends, history and sync of conversation messages.
+import ParleyJSON
 public import PluginHost
 import Synchronization
 
@@ -74,6 +75,13 @@ public final class MessageLog: Sendable {
     public let limits: Limits
     private let storage: StorageBackend
     private let states = Mutex<[ConversationID: State]>([:])
+    private let participantCheck = Mutex<(@Sendable (ConversationID) async throws -> Void)?>(nil)
+
+    /// Installs a check run once per conversation before its first write in this process
+    /// (the server checks that every participant exists). A thrown `ChatError` fails the sends.
+    public func checkParticipants(_ check: @escaping @Sendable (ConversationID) async throws -> Void) {
+        participantCheck.withLock { $0 = check }
+    }
 
     public init(storage: StorageBackend, limits: Limits = Limits()) {
         self.storage = storage
@@ -144,7 +152,16 @@ public final class MessageLog: Sendable {
             case .done:
                 return
             case .load:
-                do {
+                do throws(ChatError) {
+                    if let check = participantCheck.withLock({ $0 }) {
+                        do {
+                            try await check(conversation)
+                        } catch let error as ChatError {
+                            throw error
+                        } catch {
+                            throw ChatError.storage("cannot check the conversation's participants")
+                        }
+                    }
                     let last = try await loadLastSequence(conversation)
                     states.withLock { $0[conversation]?.lastSequence = last }
                 } catch {
@@ -184,6 +201,7 @@ public final class MessageLog: Sendable {
             var acks: [(SendAck, StoredMessage?)] = []
             var sequence = last
             var writeOwner: [Int: Int] = [:]
+            var messageWrites = Set<Int>()
             for (index, pending) in remaining.enumerated() {
                 let clientKey = Self.clientKey(pending.request)
                 if let first = firstOfClientID[clientKey] {
@@ -197,7 +215,9 @@ public final class MessageLog: Sendable {
                 let record = Self.record(pending.request, sequence: sequence, timestamp: timestamp)
                 writeOwner[writes.count] = index
                 writes.append(.putIfAbsent(clientKey, value: StorageLayout.sequenceKey(sequence) + StorageLayout.sequenceKey(timestamp)))
-                writes.append(.put(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
+                // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
+                messageWrites.insert(writes.count)
+                writes.append(.putIfAbsent(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
                 acks.append((
                     SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: pending.request.clientID, duplicate: false),
                     StoredMessage(conversation: conversation, sequence: sequence, record: record)
@@ -221,6 +241,14 @@ public final class MessageLog: Sendable {
                     let duplicate = remaining.remove(at: owner)
                     duplicate.resume(returning: await originalAck(of: duplicate.request))
                     continue
+                }
+                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, messageWrites.contains(index) {
+                    let retry = remaining
+                    states.withLock { states in
+                        states[conversation]?.lastSequence = nil
+                        states[conversation]?.queue.insert(contentsOf: retry, at: 0)
+                    }
+                    return
                 }
                 let chatError = AccountService.storageError(error)
                 for pending in remaining { pending.resume(returning: .failure(chatError)) }

@@ -1,5 +1,6 @@
 // Messages from one device to one specific device (end-to-end key exchange uses them),
 // stored until the target device fetches and acknowledges them.
+import ParleyJSON
 public import PluginHost
 import Glibc
 

@@ -3,6 +3,7 @@
 public import NIOCore
 import NIOWebSocket
 import ParleyCore
+import ParleyJSON
 import Synchronization
 
 /// Limits and timers of the chat listener.
@@ -30,6 +31,8 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
     private var authenticationTimer: Scheduled<Void>?
+    /// When the last frame of any kind (pongs included) arrived.
+    private var lastRead = NIODeadline.now()
 
     init(service: ChatService, settings: ChatListenerSettings, headerToken: String?) {
         self.service = service
@@ -59,11 +62,14 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastRead = .now()
         guard let connection else { return }
         switch frame.opcode {
         case .text:
             guard allowFrame() else {
-                connection.send(ChatFrames.error(id: nil, ChatError("rate_limited", "more than \(Int(settings.framesPerSecond)) frames per second; this frame was dropped")))
+                // The reply names the dropped request, so the client can retry it.
+                let id = (try? JSONParser.parse(frame.unmaskedData.readableBytesView))?["id"]?.stringValue
+                connection.send(ChatFrames.error(id: id, ChatError("rate_limited", "more than \(Int(settings.framesPerSecond)) frames per second; this frame was dropped")))
                 return
             }
             service.handle(frame.unmaskedData.readableBytesView, from: connection)
@@ -85,15 +91,21 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             context.fireUserInboundEventTriggered(event)
             return
         }
-        switch idle {
-        case .read:
+        // Nothing was read for a ping interval: ping, and give up once nothing (not even
+        // a pong) has arrived for the idle timeout. Sending to the client does not count.
+        guard case .read = idle else { return }
+        if NIODeadline.now() - lastRead >= settings.idleTimeout {
             connection.close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
-        case .write, .all:
+        } else {
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is NIOWebSocketFrameAggregator.Error, let connection {
+            connection.close(code: .messageTooLarge, reason: "message larger than \(settings.maxFrameBytes) bytes")
+            return
+        }
         context.close(promise: nil)
     }
 

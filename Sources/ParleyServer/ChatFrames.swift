@@ -1,5 +1,6 @@
 // Frames the chat listener sends: replies to requests and events. Built with the
 // core's JSONWriter; a message event is built once and shared by every recipient.
+import ParleyJSON
 import ParleyCore
 
 enum ChatFrames {

@@ -40,7 +40,7 @@ public final class ChatListener: Sendable {
                                 }
                                 let operations = channel.pipeline.syncOperations
                                 try operations.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: settings.maxFrameBytes))
-                                try operations.addHandler(IdleStateHandler(readTimeout: settings.idleTimeout, allTimeout: settings.pingInterval))
+                                try operations.addHandler(IdleStateHandler(readTimeout: settings.pingInterval))
                                 try operations.addHandler(ChatConnectionHandler(service: service, settings: settings, headerToken: token))
                             }
                         }
@@ -76,12 +76,16 @@ private final class NotWebSocketHandler: ChannelInboundHandler, RemovableChannel
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let body = "{\"code\":\"upgrade_required\",\"message\":\"connect a WebSocket to \(ChatListener.path)\"}"
+        let upgrade = head.uri.hasPrefix(ChatListener.path)
+        let body = "{\"code\":\"\(upgrade ? "upgrade_required" : "not_found")\",\"message\":\"connect a WebSocket to \(ChatListener.path)\"}"
         var headers = HTTPHeaders()
+        if upgrade {
+            headers.add(name: "Upgrade", value: "websocket")
+        }
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Connection", value: "close")
-        let status: HTTPResponseStatus = head.uri.hasPrefix(ChatListener.path) ? .upgradeRequired : .notFound
+        let status: HTTPResponseStatus = upgrade ? .upgradeRequired : .notFound
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

@@ -5,6 +5,7 @@ public import Logging
 import NIOCore
 import NIOWebSocket
 public import ParleyCore
+import ParleyJSON
 import Prometheus
 import Synchronization
 
@@ -19,6 +20,11 @@ public final class ChatService: Sendable {
     public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, metrics: ServerMetrics, logger: Logger) {
         self.accounts = accounts
         self.messages = messages
+        messages.checkParticipants { [accounts] conversation in
+            for participant in conversation.participants where try await accounts.profile(id: participant) == nil {
+                throw ChatError.notFound("conversation \(conversation)")
+            }
+        }
         self.toDevice = toDevice
         self.metrics = metrics
         self.logger = logger
@@ -230,7 +236,7 @@ public final class ChatService: Sendable {
                     current = session
                     return true
                 }
-                guard first else { return }
+                guard first else { throw ChatError.invalid("this connection is already authenticated") }
                 registry.add(connection, userID: session.userID)
                 metrics.connections.increment()
                 connection.send(ChatFrames.reply("welcome", id: id) { writer in

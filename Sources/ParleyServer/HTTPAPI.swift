@@ -1,5 +1,6 @@
 // The HTTP API (Hummingbird 2): accounts, sessions, devices, profiles, discovery,
 // health and metrics. Stateless: any node can serve any request.
+import ParleyJSON
 import Hummingbird
 import NIOCore
 import ParleyCore

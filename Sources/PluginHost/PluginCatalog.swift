@@ -18,7 +18,10 @@ public struct PluginCatalog: Sendable {
     /// Loads every `*.so` in `folders`, in order; when two files carry the same
     /// plugin name, the one in the earlier folder wins and the other is refused.
     public init(folders: [String], logger: Logger) {
+        var scanned = Set<String>()
         for folder in folders {
+            let resolved = URL(fileURLWithPath: folder).resolvingSymlinksInPath().standardizedFileURL.path
+            guard scanned.insert(resolved).inserted else { continue }
             let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
             if names.isEmpty && !FileManager.default.fileExists(atPath: folder) {
                 logger.debug("plugin folder \(folder) does not exist")

@@ -148,3 +148,8 @@ extension PluginCommand {
 func printError(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
 }
+
+/// Writes a line to standard output at once, even when it is a file or a pipe.
+func printLine(_ message: String) {
+    FileHandle.standardOutput.write(Data((message + "\n").utf8))
+}

@@ -14,8 +14,8 @@ struct Serve: AsyncParsableCommand {
             With no configuration it keeps its data in ./data, stores on SQLite (the storage-sqlite \
             plugin), serves the HTTP API on 127.0.0.1:8080 and the chat listener on 127.0.0.1:8081.
 
-            Settings come from, in increasing priority: the defaults, a JSON file (--config FILE, \
-            nested objects or dotted keys), environment variables (PARLEY_ + the key in capitals \
+            Settings come from, in increasing priority: the defaults, a JSON file (--config FILE or \
+            the PARLEY_CONFIG environment variable; nested objects or dotted keys), environment variables (PARLEY_ + the key in capitals \
             with '.' as '_'), and --set KEY=VALUE. Plugin settings are plugin.<plugin>.<setting> \
             (environment: PARLEY_PLUGIN_<PLUGIN>_<SETTING>). An invalid setting stops start-up \
             with a message naming it, and exit status 78.
@@ -55,8 +55,7 @@ struct Serve: AsyncParsableCommand {
             printError("parleyd: cannot start: \(error)")
             throw ExitCode(error.exitCode)
         }
-        print("parleyd \(parleyVersionString) running: HTTP API \(node.httpPort.map { "port \($0)" } ?? "off"), chat \(node.chatPort != nil ? node.chatURL : "off"); data in \(configuration.dataFolder)")
-        fflush(stdout)
+        printLine("parleyd \(parleyVersionString) running: HTTP API \(node.httpPort.map { "port \($0)" } ?? "off"), chat \(node.chatPort != nil ? node.chatURL : "off"); data in \(configuration.dataFolder)")
         await waitForTerminationSignal()
         logger.info("shutting down")
         await node.shutdown()

@@ -1,0 +1,188 @@
+// One device's chat connection: authenticates, correlates each request with its one
+// reply by id, and streams events (messages, to-device messages, close).
+import Foundation
+public import ParleyJSON
+import Synchronization
+
+/// An event the server sent without being asked.
+public enum ChatEvent: Sendable, Equatable {
+    /// A stored message of a conversation (`{"conversation","seq","ts","from",...}`).
+    case message(JSONValue)
+    case toDevice(JSONValue)
+    /// An error frame that answers no request of ours (a dropped frame, for example).
+    case error(ParleyError)
+    case closed(code: Int?, reason: String)
+}
+
+public final class ChatSession: Sendable {
+    public let events: AsyncStream<ChatEvent>
+    /// The welcome frame's user and device.
+    public let userID: String
+    public let deviceID: String
+    private let socket: WebSocketClient
+    private let pending = PendingReplies()
+    private let nextID = Atomic<Int>(1)
+
+    /// Connects to a ws:// or wss:// URL and authenticates with the token, by header
+    /// (`headerAuth`) or with a hello frame.
+    public static func connect(url: String, token: String, headerAuth: Bool = false) async throws -> ChatSession {
+        guard let parsed = URLComponents(string: url), let host = parsed.host, let scheme = parsed.scheme, scheme == "ws" || scheme == "wss" else {
+            throw ParleyError(code: "bad_url", message: "\(url) is not a ws:// or wss:// URL")
+        }
+        let socket = try await WebSocketClient.connect(
+            host: host, port: parsed.port ?? (scheme == "wss" ? 443 : 80), path: parsed.path.isEmpty ? "/" : parsed.path, tls: scheme == "wss",
+            headers: headerAuth ? [("Authorization", "Bearer \(token)")] : [])
+        return try await ChatSession(socket: socket, token: headerAuth ? nil : token)
+    }
+
+    private init(socket: WebSocketClient, token: String?) async throws {
+        self.socket = socket
+        let pending = self.pending
+        let (events, continuation) = AsyncStream<ChatEvent>.makeStream()
+        self.events = events
+        let (welcomes, welcomeContinuation) = AsyncStream<Result<JSONValue, ParleyError>>.makeStream()
+        Task {
+            for await event in socket.events {
+                switch event {
+                case .text(let text):
+                    guard let frame = try? JSONParser.parse(Array(text.utf8)) else { continue }
+                    let type = frame["type"]?.stringValue ?? ""
+                    if type == "welcome" {
+                        welcomeContinuation.yield(.success(frame))
+                        continue
+                    }
+                    if let id = frame["id"]?.stringValue, let waiter = pending.take(id) {
+                        waiter.resume(returning: type == "error" ? .failure(Self.error(frame)) : .success(frame))
+                        continue
+                    }
+                    switch type {
+                    case "message": continuation.yield(.message(frame["message"] ?? .null))
+                    case "to_device": continuation.yield(.toDevice(frame["message"] ?? .null))
+                    case "error":
+                        let error = Self.error(frame)
+                        welcomeContinuation.yield(.failure(error))
+                        continuation.yield(.error(error))
+                    default: break
+                    }
+                case .closed(let code, let reason):
+                    let error = ParleyError(code: "closed", message: "connection closed (\(code.map(String.init) ?? "no code")): \(reason)")
+                    welcomeContinuation.yield(.failure(error))
+                    for waiter in pending.takeAll() {
+                        waiter.resume(returning: .failure(error))
+                    }
+                    continuation.yield(.closed(code: code, reason: reason))
+                    continuation.finish()
+                }
+            }
+            welcomeContinuation.finish()
+        }
+        if let token {
+            var writer = JSONWriter()
+            writer.beginObject()
+            writer.field("type", "hello")
+            writer.field("id", "hello")
+            writer.field("token", token)
+            writer.endObject()
+            try await socket.send(String(decoding: writer.bytes, as: UTF8.self))
+        }
+        var iterator = welcomes.makeAsyncIterator()
+        guard let welcome = await iterator.next() else { throw ParleyError(code: "closed", message: "connection closed before welcome") }
+        let frame = try welcome.get()
+        userID = frame["user"]?["id"]?.stringValue ?? ""
+        deviceID = frame["device"]?.stringValue ?? ""
+    }
+
+    private static func error(_ frame: JSONValue) -> ParleyError {
+        ParleyError(code: frame["code"]?.stringValue ?? "error", message: frame["message"]?.stringValue ?? "")
+    }
+
+    /// Sends a request frame of `type` with the fields written by `fields`, and waits for
+    /// its reply; an error reply throws `ParleyError`.
+    public func request(_ type: String, _ fields: (inout JSONWriter) -> Void = { _ in }) async throws -> JSONValue {
+        let id = "r\(nextID.wrappingAdd(1, ordering: .relaxed).oldValue)"
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("type", type)
+        writer.field("id", id)
+        fields(&writer)
+        writer.endObject()
+        let text = String(decoding: writer.bytes, as: UTF8.self)
+        let result: Result<JSONValue, ParleyError> = await withCheckedContinuation { continuation in
+            pending.add(id, continuation)
+            Task {
+                do {
+                    try await socket.send(text)
+                } catch {
+                    if let waiter = pending.take(id) {
+                        waiter.resume(returning: .failure(ParleyError(code: "closed", message: "cannot send: \(error)")))
+                    }
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// Opens (or finds) the direct conversation with a user; returns its id.
+    public func open(with username: String) async throws -> String {
+        let reply = try await request("open") { $0.field("with", username) }
+        guard let conversation = reply["conversation"]?.stringValue else { throw ParleyError(code: "bad_reply", message: "no conversation in reply") }
+        return conversation
+    }
+
+    /// Sends a message and returns the ack (`conversation`, `seq`, `ts`, `client_id`, `duplicate`).
+    public func send(conversation: String, body: String, contentType: String = "text/plain", clientID: String? = nil) async throws -> JSONValue {
+        let clientID = clientID ?? UUID().uuidString
+        return try await request("send") { writer in
+            writer.field("conversation", conversation)
+            writer.field("client_id", clientID)
+            writer.field("content_type", contentType)
+            writer.field("body", body)
+        }
+    }
+
+    /// Conversations with messages past the given cursors.
+    public func sync(cursors: [String: Int64]) async throws -> [(conversation: String, lastSequence: Int64)] {
+        let reply = try await request("sync") { writer in
+            writer.beginObject("cursors")
+            for (conversation, cursor) in cursors.sorted(by: { $0.key < $1.key }) { writer.field(conversation, cursor) }
+            writer.endObject()
+        }
+        return (reply["conversations"]?.arrayValue ?? []).compactMap { item in
+            guard let conversation = item["conversation"]?.stringValue, let last = item["last_seq"]?.int64Value else { return nil }
+            return (conversation, last)
+        }
+    }
+
+    /// One page of messages after a sequence, oldest first, and whether more follow.
+    public func fetch(conversation: String, after: Int64, limit: Int = 500) async throws -> (messages: [JSONValue], more: Bool) {
+        let reply = try await request("fetch") { writer in
+            writer.field("conversation", conversation)
+            writer.field("after", after)
+            writer.field("limit", limit)
+        }
+        return (reply["messages"]?.arrayValue ?? [], reply["more"]?.boolValue ?? false)
+    }
+
+    /// Sends raw text (tests use it for malformed frames).
+    public func sendRaw(_ text: String) async throws {
+        try await socket.send(text)
+    }
+
+    public func sendRawBytes(_ bytes: [UInt8], binary: Bool) async throws {
+        try await socket.sendRaw(bytes, binary: binary)
+    }
+
+    public func close() async {
+        await socket.close()
+    }
+}
+
+/// Requests waiting for their reply, by id.
+private final class PendingReplies: Sendable {
+    typealias Waiter = CheckedContinuation<Result<JSONValue, ParleyError>, Never>
+    private let waiters = Mutex<[String: Waiter]>([:])
+
+    func add(_ id: String, _ waiter: Waiter) { waiters.withLock { $0[id] = waiter } }
+    func take(_ id: String) -> Waiter? { waiters.withLock { $0.removeValue(forKey: id) } }
+    func takeAll() -> [Waiter] { waiters.withLock { state in defer { state.removeAll() }; return Array(state.values) } }
+}

@@ -1,0 +1,130 @@
+// 1:1 messaging through a real server: multi-device delivery, order, paged sync,
+// idempotent resends.
+import Foundation
+import ParleyClient
+import ParleyJSON
+import Testing
+
+@Suite("Messaging", .serialized)
+struct MessagingTests {
+    @Test func twoUsersOnTwoDevicesEachSeeEveryMessageOnceInOrder() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice", devices: ["phone", "laptop"])
+        let bob = try await server.user("bob", devices: ["phone", "laptop"])
+        let sessions = [try await server.connect(alice[0]), try await server.connect(alice[1], headerAuth: true), try await server.connect(bob[0]), try await server.connect(bob[1])]
+        let inboxes = sessions.map { Inbox($0) }
+        let conversation = try await sessions[0].open(with: "bob")
+        #expect(try await sessions[2].open(with: "alice") == conversation, "both sides name the conversation the same")
+
+        let perSender = 25
+        let acks = try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for sender in [0, 3] {
+                group.addTask {
+                    var seqs: [Int64] = []
+                    for index in 0..<perSender {
+                        let ack = try await sessions[sender].send(conversation: conversation, body: "from \(sender) #\(index)")
+                        seqs.append(ack["seq"]?.int64Value ?? -1)
+                    }
+                    return seqs
+                }
+            }
+            var all: [[Int64]] = []
+            for try await seqs in group { all.append(seqs) }
+            return all
+        }
+        let total = perSender * 2
+        #expect(acks.flatMap { $0 }.sorted() == (1...Int64(total)).map { $0 }, "acks carry every sequence from 1 to \(total) once")
+
+        var orderBySequence: [Int64: String] = [:]
+        for (index, inbox) in inboxes.enumerated() {
+            let ownSends = index == 0 || index == 3 ? perSender : 0
+            let received = await inbox.waitForMessages(total - ownSends)
+            let seqs = received.compactMap { $0["seq"]?.int64Value }
+            #expect(seqs.count == total - ownSends, "device \(index) received \(seqs.count) messages")
+            #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count, "device \(index) received in order, without duplicates")
+            for message in received {
+                let seq = message["seq"]!.int64Value!, body = message["body"]!.stringValue!
+                if let known = orderBySequence[seq] { #expect(known == body, "every device sees the same message at sequence \(seq)") }
+                orderBySequence[seq] = body
+            }
+        }
+        #expect(orderBySequence.count == total)
+        for session in sessions { await session.close() }
+        await server.stop()
+    }
+
+    @Test func offlineDeviceGetsAThousandMessagesThroughPagedSyncAndResendsAreIdempotent() async throws {
+        let server = try await TestServer.start(["chat.rate_limit_per_second=100000"])
+        let alice = try await server.user("alice", devices: ["phone", "laptop"])
+        let bob = try await server.user("bob")
+        let phone = try await server.connect(alice[0])
+        let bobSession = try await server.connect(bob[0])
+        let bobInbox = Inbox(bobSession)
+        let conversation = try await phone.open(with: "bob")
+
+        let count = 1_000
+        var firstAcks: [Int: JSONValue] = [:]
+        try await withThrowingTaskGroup(of: (Int, JSONValue).self) { group in
+            for index in 0..<count {
+                if index >= 50, let (done, ack) = try await group.next() { firstAcks[done] = ack }
+                group.addTask { (index, try await phone.send(conversation: conversation, body: "message \(index)", clientID: "c-\(index)")) }
+            }
+            for try await (done, ack) in group { firstAcks[done] = ack }
+        }
+        #expect(firstAcks.count == count)
+        #expect(Set(firstAcks.values.compactMap { $0["seq"]?.int64Value }) == Set((1...Int64(count)).map { $0 }))
+
+        let resent = try await phone.send(conversation: conversation, body: "message 5", clientID: "c-5")
+        #expect(resent["seq"] == firstAcks[5]?["seq"], "a resend returns the original sequence")
+        #expect(resent["ts"] == firstAcks[5]?["ts"], "and the original timestamp")
+        #expect(resent["duplicate"]?.boolValue == true)
+
+        // The laptop was offline throughout: one sync says what changed, then pages.
+        let laptop = try await server.connect(alice[1])
+        let changed = try await laptop.sync(cursors: [:])
+        #expect(changed.count == 1 && changed[0].conversation == conversation && changed[0].lastSequence == Int64(count))
+        var cursor: Int64 = 0
+        var bodies: [String] = []
+        var pages = 0
+        while true {
+            let page = try await laptop.fetch(conversation: conversation, after: cursor, limit: 300)
+            pages += 1
+            for message in page.messages {
+                let seq = message["seq"]!.int64Value!
+                #expect(seq == cursor + 1, "sequences arrive gapless and in order")
+                cursor = seq
+                bodies.append(message["body"]!.stringValue!)
+            }
+            if !page.more { break }
+        }
+        #expect(pages == 4)
+        #expect(bodies.count == count)
+        #expect(bodies == firstAcks.keys.sorted { firstAcks[$0]!["seq"]!.int64Value! < firstAcks[$1]!["seq"]!.int64Value! }.map { "message \($0)" })
+        #expect(try await laptop.sync(cursors: [conversation: cursor]).isEmpty, "nothing is left to sync")
+
+        let received = await bobInbox.waitForMessages(count)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(await bobInbox.messages.count == count, "the resend was not delivered again")
+        #expect(received.count == count)
+        for session in [phone, bobSession, laptop] { await session.close() }
+        await server.stop()
+    }
+
+    @Test func historyPagesBackwardFromAnyPoint() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice")
+        _ = try await server.user("bob")
+        let session = try await server.connect(alice[0])
+        let conversation = try await session.open(with: "bob")
+        for index in 1...30 { _ = try await session.send(conversation: conversation, body: "m\(index)") }
+        let page = try await session.request("fetch") { writer in
+            writer.field("conversation", conversation)
+            writer.field("before", 21)
+            writer.field("limit", 5)
+        }
+        #expect(page["messages"]?.arrayValue?.compactMap { $0["seq"]?.int64Value } == [16, 17, 18, 19, 20])
+        #expect(page["more"]?.boolValue == true)
+        await session.close()
+        await server.stop()
+    }
+}
