@@ -56,6 +56,7 @@ public struct ParleyAPI: Sendable {
 
     /// Calls an endpoint with a JSON object body (strings only) and returns the JSON
     /// reply (`.null` for 204). Error replies throw `ParleyError` with the server's code.
+    @discardableResult
     public func call(_ method: String, _ path: String, token: String? = nil, body: [String: String]? = nil) async throws -> JSONValue {
         guard let url = URL(string: baseURL + path) else { throw ParleyError(code: "bad_url", message: "\(baseURL + path) is not a URL") }
         var request = URLRequest(url: url)
