@@ -24,9 +24,10 @@ deps:
 build: deps
 	$(SWIFT) build
 
-# Starts parleyd on the embedded defaults.
+# Starts parleyd on the embedded defaults: data in ./data, SQLite storage,
+# HTTP API on 127.0.0.1:8080, chat listener on 127.0.0.1:8081.
 run: build
-	$(BIN)/parleyd plugin list
+	$(BIN)/parleyd serve
 
 test: build
 	$(SWIFT) test

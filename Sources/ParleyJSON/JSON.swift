@@ -21,9 +21,12 @@ public enum JSONValue: Sendable, Equatable {
         return nil
     }
 
-    /// The value as a whole number, when it is a number with no fraction that fits Int64.
+    /// The largest whole number JSON carries exactly (2^53 - 1).
+    public static let maxSafeInteger: Int64 = 9_007_199_254_740_991
+
+    /// The value as a whole number, when it is a number with no fraction within ±(2^53 - 1).
     public var int64Value: Int64? {
-        guard case .number(let number) = self, number.rounded() == number, abs(number) < 9.0e15 else { return nil }
+        guard case .number(let number) = self, number.rounded() == number, abs(number) <= Double(Self.maxSafeInteger) else { return nil }
         return Int64(number)
     }
 

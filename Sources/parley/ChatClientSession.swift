@@ -1,0 +1,57 @@
+// A logged-in CLI session: the connection plus the cursors kept between runs.
+import Foundation
+import ParleyClient
+import ParleyJSON
+
+struct ChatClientSession {
+    let chat: ChatSession
+    let store: CredentialStore
+
+    static func connect() async throws -> ChatClientSession {
+        let store = CredentialStore()
+        let credentials = try store.load()
+        let chat = try await ChatSession.connect(url: credentials.websocketURL, token: credentials.token)
+        return ChatClientSession(chat: chat, store: store)
+    }
+
+    /// Fetches everything past the saved cursors, in order, and advances them.
+    func catchUp(printing: Bool) async throws {
+        var cursors = store.cursors()
+        for (conversation, _) in try await chat.sync(cursors: cursors) {
+            var after = cursors[conversation, default: 0]
+            while true {
+                let page = try await chat.fetch(conversation: conversation, after: after)
+                for message in page.messages {
+                    if printing { say(format(message)) }
+                    after = message["seq"]?.int64Value ?? after
+                }
+                if !page.more { break }
+            }
+            cursors[conversation] = after
+        }
+        store.saveCursors(cursors)
+    }
+
+    /// Prints incoming messages (of one conversation, or all) until the connection ends.
+    func printLive(conversation: String?) async throws {
+        var cursors = store.cursors()
+        for await event in chat.events {
+            switch event {
+            case .message(let message):
+                guard let id = message["conversation"]?.stringValue, let seq = message["seq"]?.int64Value else { continue }
+                if seq > cursors[id, default: 0] {
+                    cursors[id] = seq
+                    store.saveCursors(cursors)
+                }
+                if conversation == nil || conversation == id { say(format(message)) }
+            case .error(let error):
+                printError("server: \(error)")
+            case .closed(let code, let reason):
+                printError("connection closed (\(code.map(String.init) ?? "no code")) \(reason)")
+                return
+            case .toDevice:
+                break
+            }
+        }
+    }
+}
