@@ -5,27 +5,51 @@ import Hummingbird
 import NIOCore
 import ParleyCore
 
-struct HTTPAPI: Sendable {
+/// A router that also records what it routes.
+struct RouteTable {
+    let router = Router()
+    private(set) var routes: [String] = []
+
+    mutating func on(_ method: HTTPRequest.Method, _ path: String, _ handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response) {
+        router.on(RouterPath(path), method: method, use: handler)
+        routes.append("\(method.rawValue) \(path)")
+    }
+}
+
+public struct HTTPAPI: Sendable {
     static let maxBodyBytes = 65_536
 
-    let accounts: AccountService
-    let metrics: ServerMetrics
+    private let accountService: AccountService?
+    private let serverMetrics: ServerMetrics?
+    var accounts: AccountService { accountService! }
+    var metrics: ServerMetrics { serverMetrics! }
     /// The WebSocket URL clients should connect to (discovery).
     let chatURL: @Sendable () -> String
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.get("/health") { _, _ in Self.json(.ok) { $0.field("status", "ok") } }
-        router.get("/metrics") { _, _ in
+    init(accounts: AccountService?, metrics: ServerMetrics?, chatURL: @escaping @Sendable () -> String) {
+        accountService = accounts
+        serverMetrics = metrics
+        self.chatURL = chatURL
+    }
+
+    /// Every route as "METHOD /path" (":name" for parameters); docs/openapi.json must list exactly these.
+    public static var routes: [String] { HTTPAPI(accounts: nil, metrics: nil, chatURL: { "" }).routeTable().routes }
+
+    func router() -> Router<BasicRequestContext> { routeTable().router }
+
+    private func routeTable() -> RouteTable {
+        var table = RouteTable()
+        table.on(.get, "/health") { _, _ in Self.json(.ok) { $0.field("status", "ok") } }
+        table.on(.get, "/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
         }
-        router.get("/v1/discover") { _, _ in
+        table.on(.get, "/v1/discover") { _, _ in
             Self.json(.ok) { writer in
                 writer.field("websocket_url", chatURL())
                 writer.field("protocol_version", 1)
             }
         }
-        router.post("/v1/signup") { request, _ in
+        table.on(.post, "/v1/signup") { request, _ in
             await Self.respond {
                 let body = try await Self.body(request)
                 let profile = try await accounts.signUp(
@@ -34,7 +58,7 @@ struct HTTPAPI: Sendable {
                 return Self.json(.created) { ChatFrames.user(&$0, "user", profile) }
             }
         }
-        router.post("/v1/login") { request, _ in
+        table.on(.post, "/v1/login") { request, _ in
             await Self.respond {
                 let body = try await Self.body(request)
                 let login = try await accounts.logIn(
@@ -48,13 +72,13 @@ struct HTTPAPI: Sendable {
                 }
             }
         }
-        router.post("/v1/logout") { request, _ in
+        table.on(.post, "/v1/logout") { request, _ in
             await Self.respond {
                 try await accounts.logOut(try await session(request))
                 return Response(status: .noContent)
             }
         }
-        router.post("/v1/password") { request, _ in
+        table.on(.post, "/v1/password") { request, _ in
             await Self.respond {
                 let session = try await session(request)
                 let body = try await Self.body(request)
@@ -62,14 +86,14 @@ struct HTTPAPI: Sendable {
                 return Response(status: .noContent)
             }
         }
-        router.get("/v1/me") { request, _ in
+        table.on(.get, "/v1/me") { request, _ in
             await Self.respond {
                 let session = try await session(request)
                 guard let profile = try await accounts.profile(id: session.userID) else { throw ChatError.unauthorized }
                 return Self.json(.ok) { ChatFrames.user(&$0, "user", profile) }
             }
         }
-        router.patch("/v1/me") { request, _ in
+        table.on(.patch, "/v1/me") { request, _ in
             await Self.respond {
                 let session = try await session(request)
                 let body = try await Self.body(request)
@@ -77,7 +101,7 @@ struct HTTPAPI: Sendable {
                 return Self.json(.ok) { ChatFrames.user(&$0, "user", profile) }
             }
         }
-        router.get("/v1/users/:username") { request, context in
+        table.on(.get, "/v1/users/:username") { request, context in
             await Self.respond {
                 _ = try await session(request)
                 let username = context.parameters.get("username") ?? ""
@@ -85,7 +109,7 @@ struct HTTPAPI: Sendable {
                 return Self.json(.ok) { ChatFrames.user(&$0, "user", profile) }
             }
         }
-        router.get("/v1/devices") { request, _ in
+        table.on(.get, "/v1/devices") { request, _ in
             await Self.respond {
                 let session = try await session(request)
                 let devices = try await accounts.devices(of: session)
@@ -103,7 +127,7 @@ struct HTTPAPI: Sendable {
                 }
             }
         }
-        router.patch("/v1/devices/:device") { request, context in
+        table.on(.patch, "/v1/devices/:device") { request, context in
             await Self.respond {
                 let session = try await session(request)
                 let body = try await Self.body(request)
@@ -111,14 +135,14 @@ struct HTTPAPI: Sendable {
                 return Self.json(.ok) { Self.device(&$0, "device", device) }
             }
         }
-        router.delete("/v1/devices/:device") { request, context in
+        table.on(.delete, "/v1/devices/:device") { request, context in
             await Self.respond {
                 let session = try await session(request)
                 try await accounts.revokeDevice(session, deviceID: context.parameters.get("device") ?? "")
                 return Response(status: .noContent)
             }
         }
-        return router
+        return table
     }
 
     private func session(_ request: Request) async throws(ChatError) -> Session {
