@@ -1,7 +1,7 @@
 # Parley: `make run` and `make test` on a fresh Debian machine with Swift 6.3.
 
 SWIFT ?= swift
-APT_PACKAGES := libsodium-dev libsqlite3-dev libssl-dev liblmdb-dev pkg-config
+APT_PACKAGES := libsodium-dev libsqlite3-dev libssl-dev liblmdb-dev pkg-config openssl curl
 BIN := .build/debug
 
 .PHONY: all deps build run test bench plugins-c clean

@@ -23,23 +23,32 @@ public final class WebSocketClient: Sendable {
     }
 
     /// Connects to ws://host:port/path (wss with `tls`), sending `headers` with the upgrade request.
-    public static func connect(host: String, port: Int, path: String, tls: Bool = false, headers: [(String, String)] = [], maxFrameBytes: Int = 1 << 24) async throws -> WebSocketClient {
+    /// `trustRoots`: a PEM file of certificates to trust for wss (default: the system's).
+    /// `answerPings: false` makes a client that never pongs (tests of the idle timeout).
+    public static func connect(
+        host: String, port: Int, path: String, tls: Bool = false, trustRoots: String? = nil, headers: [(String, String)] = [],
+        maxFrameBytes: Int = 1 << 24, answerPings: Bool = true
+    ) async throws -> WebSocketClient {
         let (events, continuation) = AsyncStream<WebSocketEvent>.makeStream()
         let group = MultiThreadedEventLoopGroup.singleton
         let upgraded = group.any().makePromise(of: Void.self)
-        let sslContext = tls ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+        var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+        if let trustRoots { tlsConfiguration.trustRoots = .file(trustRoots) }
+        let sslContext = tls ? try NIOSSLContext(configuration: tlsConfiguration) : nil
         let bootstrap = ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: host))
+                        // Server Name Indication carries host names only, never IP addresses.
+                        let isAddress = (try? SocketAddress(ipAddress: host, port: 0)) != nil
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: isAddress ? nil : host))
                     }
                     let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: maxFrameBytes, automaticErrorHandling: true) { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: maxFrameBytes))
-                            try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(continuation: continuation))
+                            try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(continuation: continuation, answerPings: answerPings))
                             upgraded.succeed()
                         }
                     }
@@ -52,7 +61,13 @@ public final class WebSocketClient: Sendable {
                     try channel.pipeline.syncOperations.addHandler(request)
                 }
             }
-        let channel = try await bootstrap.connect(host: host, port: port).get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: host, port: port).get()
+        } catch {
+            upgraded.fail(error)
+            throw error
+        }
         do {
             try await upgraded.futureResult.get()
         } catch {
@@ -70,6 +85,11 @@ public final class WebSocketClient: Sendable {
     /// Sends raw bytes as one text or binary frame (tests use it for malformed input).
     public func sendRaw(_ bytes: [UInt8], binary: Bool = false) async throws {
         try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: binary ? .binary : .text, maskKey: .random(), data: ByteBuffer(bytes: bytes)))
+    }
+
+    /// Stops reading from the socket (tests of slow consumers), or starts again.
+    public func setReading(_ reading: Bool) async throws {
+        try await channel.setOption(.autoRead, value: reading).get()
     }
 
     /// Sends a close frame (1000) and closes the socket.
@@ -137,9 +157,11 @@ private final class ClientFrameHandler: ChannelInboundHandler, Sendable {
     typealias OutboundOut = WebSocketFrame
 
     let continuation: AsyncStream<WebSocketEvent>.Continuation
+    let answerPings: Bool
 
-    init(continuation: AsyncStream<WebSocketEvent>.Continuation) {
+    init(continuation: AsyncStream<WebSocketEvent>.Continuation, answerPings: Bool) {
         self.continuation = continuation
+        self.answerPings = answerPings
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -147,7 +169,7 @@ private final class ClientFrameHandler: ChannelInboundHandler, Sendable {
         switch frame.opcode {
         case .text:
             continuation.yield(.text(String(buffer: frame.unmaskedData)))
-        case .ping:
+        case .ping where answerPings:
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)), promise: nil)
         case .connectionClose:
             var data = frame.unmaskedData

@@ -66,6 +66,7 @@ public final class ParleyNode: Sendable {
                 settings.idleTimeout = .seconds(Int64(try configuration.integer(.idleTimeout, in: 2...7200)))
                 settings.framesPerSecond = Double(try configuration.integer(.rateLimit, in: 1...100_000))
                 settings.burstFrames = settings.framesPerSecond * 2
+                settings.maxUnwritableWrites = try configuration.integer(.outboxFrames, in: 1...1_000_000)
                 do {
                     chatListener = try await ChatListener.start(
                         host: configuration[.chatHost], port: try configuration.integer(.chatPort, in: 0...65_535), service: chat, settings: settings, tls: tls, group: group)

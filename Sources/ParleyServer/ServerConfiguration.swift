@@ -30,6 +30,7 @@ public enum ServerSetting: String, CaseIterable, Sendable {
     case pingInterval = "chat.ping_interval_seconds"
     case idleTimeout = "chat.idle_timeout_seconds"
     case rateLimit = "chat.rate_limit_per_second"
+    case outboxFrames = "chat.outbox_frames"
     case maxBodyBytes = "messages.max_body_bytes"
 
     public var defaultValue: String {
@@ -52,6 +53,7 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .pingInterval: "15"
         case .idleTimeout: "45"
         case .rateLimit: "200"
+        case .outboxFrames: "2000"
         case .maxBodyBytes: "65536"
         }
     }
@@ -76,6 +78,7 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .pingInterval: "seconds between server pings on a quiet connection (1-3600)"
         case .idleTimeout: "seconds without any frame or pong before a connection is closed (2-7200)"
         case .rateLimit: "frames per second one connection may send, bursts of twice that (1-100000)"
+        case .outboxFrames: "frames queued for a client that reads too slowly before it is closed with 4008 (1-1000000)"
         case .maxBodyBytes: "largest message body in bytes (1-1048576)"
         }
     }
@@ -184,6 +187,7 @@ public struct ServerConfiguration: Sendable {
         _ = try integer(.pingInterval, in: 1...3600)
         _ = try integer(.idleTimeout, in: 2...7200)
         _ = try integer(.rateLimit, in: 1...100_000)
+        _ = try integer(.outboxFrames, in: 1...1_000_000)
         _ = try integer(.maxBodyBytes, in: 1...1_048_576)
         let listeners = Set(self[.listeners].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard !listeners.isEmpty, listeners.isSubset(of: ["http", "chat"]) else {

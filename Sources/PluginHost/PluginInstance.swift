@@ -1,6 +1,7 @@
 // A created plugin instance: its handle, its host context, and the calls made on it.
 import ParleyPluginABI
 public import Logging
+import Metrics
 import Synchronization
 
 /// One running instance of a plugin. Calls go through the worker pool; `shutdown`
@@ -13,6 +14,7 @@ public final class PluginInstance: @unchecked Sendable {
     let pool: PluginWorkerPool
     private let handle: UnsafeMutableRawPointer?
     private let inFlight = Atomic<Int>(0)
+    private let callErrors: Counter
     private let stopped = Atomic<Bool>(false)
 
     /// Calls the plugin's create() with `configuration`; throws `createFailed`
@@ -20,6 +22,7 @@ public final class PluginInstance: @unchecked Sendable {
     public init(library: PluginLibrary, configuration: [String: String], pool: PluginWorkerPool, logger: Logger) throws(PluginLoadError) {
         self.library = library
         self.pool = pool
+        callErrors = Counter(label: "parley_plugin_call_errors_total", dimensions: [("plugin", library.info.name)])
         let context = PluginHostContext(pluginName: library.info.name, configuration: configuration, logger: logger)
         self.context = context
         var instance: UnsafeMutableRawPointer?
@@ -43,8 +46,13 @@ public final class PluginInstance: @unchecked Sendable {
         let handle = handle
         operation.call = { op in call(handle, op) }
         let output = await operation.run(on: pool)
-        if let hostError = output.hostError { throw hostError }
+        if let hostError = output.hostError {
+            callErrors.increment()
+            throw hostError
+        }
         guard output.status == .ok else {
+            // A failed condition is an answer, not a plugin error.
+            if output.status != .conflict { callErrors.increment() }
             let failed = output.items.first { $0.outcome != parley_status(PARLEY_OK) }
             throw .plugin(name: info.name, status: output.status, message: output.errorMessage, index: failed?.index)
         }
