@@ -134,11 +134,7 @@ struct ConnectionTests {
     @Test func metricsCountConnectionsMessagesAndPluginActivity() async throws {
         let server = ParleydProcess(dataFolder: scratchFolder())
         try server.start()
-        try await server.api.signUp(username: "alice", password: "alice password")
-        try await server.api.signUp(username: "bob", password: "bob password")
-        let login = try await server.api.logIn(username: "alice", password: "alice password", deviceName: "phone")
-        let session = try await ChatSession.connect(url: server.chatURL, token: login.token)
-        let conversation = try await session.open(with: "bob")
+        let (_, session, conversation) = try await server.aliceTalkingToBob()
         for index in 0..<5 { _ = try await session.send(conversation: conversation, body: "m\(index)") }
         let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(server.httpPort)/metrics")!)
         let text = String(decoding: data, as: UTF8.self)

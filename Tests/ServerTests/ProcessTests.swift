@@ -48,6 +48,15 @@ final class ParleydProcess: @unchecked Sendable {
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
     var api: ParleyAPI { ParleyAPI(baseURL: "http://127.0.0.1:\(httpPort)") }
 
+    /// Signs up alice and bob, connects alice's phone and opens her conversation with bob.
+    func aliceTalkingToBob() async throws -> (login: LoginInfo, session: ChatSession, conversation: String) {
+        try await api.signUp(username: "alice", password: "alice password")
+        try await api.signUp(username: "bob", password: "bob password")
+        let login = try await api.logIn(username: "alice", password: "alice password", deviceName: "phone")
+        let session = try await ChatSession.connect(url: chatURL, token: login.token)
+        return (login, session, try await session.open(with: "bob"))
+    }
+
     func signal(_ number: Int32) {
         kill(process.processIdentifier, number)
         process.waitUntilExit()
@@ -105,11 +114,7 @@ struct ProcessTests {
         let data = scratchFolder()
         let server = ParleydProcess(dataFolder: data)
         try server.start()
-        try await server.api.signUp(username: "alice", password: "alice password")
-        try await server.api.signUp(username: "bob", password: "bob password")
-        let login = try await server.api.logIn(username: "alice", password: "alice password", deviceName: "phone")
-        let session = try await ChatSession.connect(url: server.chatURL, token: login.token)
-        let conversation = try await session.open(with: "bob")
+        let (login, session, conversation) = try await server.aliceTalkingToBob()
         var acked: [Int64: String] = [:]
         try await withThrowingTaskGroup(of: (Int64, String).self) { group in
             for index in 0..<300 {
