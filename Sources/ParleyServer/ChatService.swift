@@ -51,11 +51,11 @@ public final class ChatService: Sendable {
         do {
             value = try JSONParser.parse(bytes)
         } catch {
-            reply(connection, ChatFrames.error(id: nil, ChatError("malformed_json", "the frame is not valid JSON: \(error)")))
+            fail(connection, id: nil, ChatError("malformed_json", "the frame is not valid JSON: \(error)"))
             return
         }
         guard case .object(let fields) = value else {
-            reply(connection, ChatFrames.error(id: nil, ChatError.invalid("a frame is a JSON object")))
+            fail(connection, id: nil, ChatError.invalid("a frame is a JSON object"))
             return
         }
         let id: String?
@@ -63,17 +63,17 @@ public final class ChatService: Sendable {
         case .none, .some(.null): id = nil
         case .some(.string(let text)) where text.utf8.count <= 64: id = text
         default:
-            reply(connection, ChatFrames.error(id: nil, ChatError.invalid("'id' must be a string of at most 64 bytes")))
+            fail(connection, id: nil, ChatError.invalid("'id' must be a string of at most 64 bytes"))
             return
         }
         guard let type = fields["type"]?.stringValue else {
-            reply(connection, ChatFrames.error(id: id, ChatError.invalid("missing 'type'")))
+            fail(connection, id: id, ChatError.invalid("missing 'type'"))
             return
         }
         do {
             try dispatch(type, fields, id: id, connection)
         } catch {
-            reply(connection, ChatFrames.error(id: id, error))
+            fail(connection, id: id, error)
         }
     }
 
@@ -245,7 +245,7 @@ public final class ChatService: Sendable {
                     writer.field("server_time", currentTimeMillis())
                 })
             } catch {
-                connection.send(ChatFrames.error(id: id, error))
+                fail(connection, id: id, error)
                 if error.code == ChatError.unauthorized.code {
                     connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "invalid or revoked token")
                 }
