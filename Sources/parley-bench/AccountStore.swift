@@ -43,7 +43,8 @@ final class AccountStore: @unchecked Sendable {
         try await withThrowingTaskGroup(of: (Int, BenchAccount).self) { group in
             var next = first
             while next < count || !group.isEmpty {
-                while next < count, next - first - created.count < concurrency {
+                // Started but not finished: neither appended nor waiting for an earlier one.
+                while next < count, next - accounts.count - created.count < concurrency {
                     let index = next
                     group.addTask { (index, try await Self.create(index, api: api)) }
                     next += 1
@@ -61,6 +62,7 @@ final class AccountStore: @unchecked Sendable {
             }
         }
         try save()
+        guard accounts.count >= count else { throw BenchFailure("only \(accounts.count) of \(count) accounts could be created") }
         return Array(accounts.prefix(count))
     }
 

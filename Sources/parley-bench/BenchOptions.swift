@@ -11,6 +11,9 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "State folder: the started server's data and the accounts created, reused by later runs.")
     var state = "./.parley-bench"
 
+    @Option(name: .customLong("server-set"), help: "An extra setting for the started parleyd, key=value (repeatable), e.g. storage.plugin=storage-lmdb.")
+    var serverSettings: [String] = []
+
     @Flag(help: "Print the report as JSON instead of a table.")
     var json = false
 

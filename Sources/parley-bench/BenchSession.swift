@@ -40,7 +40,9 @@ final class BenchSession: @unchecked Sendable {
             accountsFile = stateFolder.appendingPathComponent("accounts.json")
             // Accounts of a data folder that is gone are worthless.
             if !FileManager.default.fileExists(atPath: dataFolder.path) { try? FileManager.default.removeItem(at: accountsFile) }
-            server = try .start(dataFolder: dataFolder, log: stateFolder.appendingPathComponent("parleyd.log"), core: options.serverCPU)
+            server = try .start(
+                dataFolder: dataFolder, log: stateFolder.appendingPathComponent("parleyd.log"), core: options.serverCPU,
+                pidFile: stateFolder.appendingPathComponent("parleyd.pid"), settings: options.serverSettings)
         }
         let session = BenchSession(options: options, server: server, store: try AccountStore(file: accountsFile), stateFolder: stateFolder)
         let report: BenchReport
@@ -100,7 +102,8 @@ final class BenchSession: @unchecked Sendable {
     /// How the report names the server: started (and where pinned) or the URL given.
     var serverDescription: String {
         if let url = options.server { return url }
-        return "started parleyd" + (options.serverCPU.map { " on core \($0)" } ?? "")
+        let settings = options.serverSettings.isEmpty ? "" : " with " + options.serverSettings.joined(separator: ", ")
+        return "started parleyd" + (options.serverCPU.map { " on core \($0)" } ?? "") + settings
     }
 
     /// Warns in the report when the client used nearly all the CPU it had, so its own

@@ -23,15 +23,16 @@ final class ServerUnderTest: @unchecked Sendable {
     }
 
     /// Starts the `parleyd` next to this executable on free loopback ports, with its data
-    /// in `dataFolder`, pinned to `core` with taskset when given, and waits for its
-    /// "running" line.
-    static func start(dataFolder: URL, log: URL, core: Int?) throws -> ServerUnderTest {
+    /// in `dataFolder` and any extra `settings` (key=value), pinned to `core` with taskset
+    /// when given, and waits for its "running" line.
+    static func start(dataFolder: URL, log: URL, core: Int?, pidFile: URL, settings: [String]) throws -> ServerUnderTest {
         let parleyd = executableFolder.appendingPathComponent("parleyd").path
+        stopLeftover(recordedIn: pidFile, dataFolder: dataFolder)
         guard FileManager.default.isExecutableFile(atPath: parleyd) else { throw BenchFailure("no parleyd next to parley-bench at \(parleyd): build it first") }
         let arguments = [
             "serve", "--set", "data.folder=\(dataFolder.path)", "--set", "http.port=0", "--set", "chat.port=0",
             "--set", "chat.rate_limit_per_second=100000", "--set", "log.level=warning",
-        ]
+        ] + settings.flatMap { ["--set", $0] }
         let process = Process()
         if let core {
             // taskset execs parleyd in the same process, so the pid stays parleyd's.
@@ -54,6 +55,7 @@ final class ServerUnderTest: @unchecked Sendable {
                     process.terminate()
                     throw BenchFailure("cannot read parleyd's start-up line: \(line)")
                 }
+                try String(process.processIdentifier).write(to: pidFile, atomically: true, encoding: .utf8)
                 return ServerUnderTest(httpURL: "http://127.0.0.1:\(httpPort)", chat: chat, pid: process.processIdentifier, process: process)
             }
             if !process.isRunning { throw BenchFailure("parleyd exited: \(text)") }
@@ -61,6 +63,17 @@ final class ServerUnderTest: @unchecked Sendable {
         }
         process.terminate()
         throw BenchFailure("parleyd did not start within 30 s; see \(log.path)")
+    }
+
+    /// A parleyd that an earlier run started on this data folder and could not stop (the
+    /// run was killed) would share the database with the new one: stop it first.
+    private static func stopLeftover(recordedIn pidFile: URL, dataFolder: URL) {
+        guard let text = try? String(contentsOf: pidFile, encoding: .utf8), let pid = Int32(text),
+            let commandLine = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+            commandLine.contains("data.folder=\(dataFolder.path)")
+        else { return }
+        kill(pid, SIGTERM)
+        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
     }
 
     /// Reads "… running: HTTP API port N, chat ws://127.0.0.1:M/v1/ws; …".
