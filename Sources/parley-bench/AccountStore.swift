@@ -3,6 +3,7 @@
 // milliseconds each, on purpose), so they are made once and reused by later runs.
 import Foundation
 import ParleyClient
+import Synchronization
 
 /// The accounts file of one server, and the provisioning that tops it up.
 final class AccountStore: @unchecked Sendable {
@@ -37,7 +38,8 @@ final class AccountStore: @unchecked Sendable {
     func provision(_ count: Int, api: ParleyAPI, concurrency: Int = 4) async throws -> [BenchAccount] {
         guard accounts.count < count else { return Array(accounts.prefix(count)) }
         let first = accounts.count
-        let progress = ProgressLine("provisioning") { [first] in "creating accounts \(first)..<\(count)" }
+        let done = Atomic<Int>(first)
+        let progress = ProgressLine("provisioning") { "\(done.load(ordering: .relaxed)) of \(count) accounts (Argon2id: tens of ms each, once)" }
         defer { progress.stop() }
         var created: [Int: BenchAccount] = [:]
         try await withThrowingTaskGroup(of: (Int, BenchAccount).self) { group in
@@ -51,6 +53,7 @@ final class AccountStore: @unchecked Sendable {
                 }
                 guard let (index, account) = try await group.next() else { break }
                 created[index] = account
+                done.add(1, ordering: .relaxed)
                 // Keep what is done even if the run is interrupted.
                 var ready = accounts.count
                 while let account = created[ready] {

@@ -56,7 +56,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
                 }
             }
         if let source { bootstrap = bootstrap.bind(to: source) }
-        return bootstrap.connect(host: endpoint.host, port: endpoint.port)
+        return bootstrap.connect(to: endpoint.address)
             .flatMapError { error in
                 connection.welcomed.fail(error)
                 return eventLoop.makeFailedFuture(error)
