@@ -65,10 +65,11 @@ struct DirectScenario: AsyncParsableCommand {
         var pacers: [RepeatedTask] = []
         if rate > 0 {
             let perSender = rate / Double(pairs)
+            let phases = Dictionary(uniqueKeysWithValues: senders.enumerated().map { (ObjectIdentifier($0.element), Double($0.offset) / Double(pairs)) })
             for loopSenders in Dictionary(grouping: senders, by: { ObjectIdentifier($0.connection.eventLoop) }).values {
                 let loop = loopSenders[0].connection.eventLoop
                 pacers.append(try await loop.submit {
-                    for sender in loopSenders { sender.startPaced(perSecond: perSender) }
+                    for sender in loopSenders { sender.startPaced(perSecond: perSender, phase: phases[ObjectIdentifier(sender)]!) }
                     return loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { _ in
                         let now = MonotonicClock.nanoseconds()
                         for sender in loopSenders { sender.pace(now: now) }

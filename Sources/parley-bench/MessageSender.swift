@@ -21,6 +21,7 @@ final class MessageSender: @unchecked Sendable {
     private var stopped = false
     private var paceStart: UInt64 = 0
     private var perSecond: Double = 0
+    private var phase: Double = 0
     private var allAcked: EventLoopPromise<Void>?
 
     private(set) var sent = 0
@@ -50,15 +51,19 @@ final class MessageSender: @unchecked Sendable {
         fillWindow()
     }
 
-    /// Sends at `perSecond` from now on; call `pace` often (every millisecond).
-    func startPaced(perSecond: Double) {
+    /// Sends at `perSecond` from now on; call `pace` often (every millisecond). `phase`
+    /// (0 to 1) shifts this sender's sends by that share of its interval: senders given
+    /// phases spread over 0..<1 send evenly instead of all in the same tick, which would
+    /// measure bursts rather than the offered rate.
+    func startPaced(perSecond: Double, phase: Double) {
         self.perSecond = perSecond
+        self.phase = phase
         paceStart = MonotonicClock.nanoseconds()
     }
 
     /// Sends what the pace calls for by now, as far as the window allows.
     func pace(now: UInt64) {
-        let due = Int(Double(now &- paceStart) * perSecond / 1e9)
+        let due = Int(Double(now &- paceStart) * perSecond / 1e9 + phase)
         while sent < due, canSend { sendOne() }
     }
 
