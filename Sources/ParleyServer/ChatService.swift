@@ -6,6 +6,7 @@ import NIOCore
 import NIOWebSocket
 public import ParleyCore
 import ParleyJSON
+public import PluginHost
 import Prometheus
 import Synchronization
 
@@ -13,17 +14,26 @@ public final class ChatService: Sendable {
     let accounts: AccountService
     let messages: MessageLog
     let toDevice: ToDeviceQueue
-    let registry = ConnectionRegistry()
+    let groups: GroupService
+    let receipts: ReceiptStore
+    let presence: PresenceTracker
+    let registry: ConnectionRegistry
     let metrics: ServerMetrics
     let logger: Logger
+    /// How long a typing indicator lasts unless renewed or stopped.
+    static let typingExpiry = 8_000
 
-    public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, metrics: ServerMetrics, logger: Logger) {
+    public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, groups: GroupService, receipts: ReceiptStore, storage: StorageBackend, presenceGrace: Duration, metrics: ServerMetrics, logger: Logger) {
         self.accounts = accounts
         self.messages = messages
-        messages.checkParticipants { [accounts] conversation in
-            for participant in conversation.participants where try await accounts.profile(id: participant) == nil {
-                throw ChatError.notFound("conversation \(conversation)")
-            }
+        self.groups = groups
+        self.receipts = receipts
+        messages.loadMembers { [groups] conversation in try await groups.loadMembers(conversation) }
+        let registry = ConnectionRegistry()
+        self.registry = registry
+        presence = PresenceTracker(storage: storage, grace: presenceGrace, logger: logger) { userID, frame in
+            let buffer = ByteBuffer(bytes: frame)
+            for connection in registry.connections(of: userID) { connection.send(buffer) }
         }
         self.toDevice = toDevice
         self.metrics = metrics
@@ -81,7 +91,7 @@ public final class ChatService: Sendable {
         connection.send(frame)
     }
 
-    private func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
+    func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
         metrics.errors.increment()
         reply(connection, ChatFrames.error(id: id, error))
     }
@@ -107,6 +117,7 @@ public final class ChatService: Sendable {
             run(connection, id: id) { () throws(ChatError) in
                 guard let peer = try await self.accounts.lookUp(username: username) else { throw .notFound("user \(username)") }
                 let conversation = ConversationID.direct(session.userID, peer.id)
+                self.presence.contactsMet(session.userID, peer.id)
                 return ChatFrames.reply("conversation", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     ChatFrames.user(&writer, "peer", peer)
@@ -123,13 +134,22 @@ public final class ChatService: Sendable {
             }
             run(connection, id: id) { [cursors] () throws(ChatError) in
                 let changed = try await self.messages.changes(session, cursors: cursors)
+                var read: [String: Int64] = [:]
+                for summary in changed {
+                    if let conversation = ConversationID(summary.conversation) {
+                        read[summary.conversation] = try await self.receipts.cursor(conversation, userID: session.userID, kind: .read)
+                    }
+                }
                 return ChatFrames.reply("sync_result", id: id) { writer in
                     writer.beginArray("conversations")
                     for summary in changed {
+                        let readSequence = read[summary.conversation] ?? 0
                         writer.beginObject()
                         writer.field("conversation", summary.conversation)
                         writer.field("last_seq", summary.lastSequence)
                         writer.field("last_ts", summary.lastTimestamp)
+                        writer.field("read_seq", readSequence)
+                        writer.field("unread", max(0, summary.lastSequence - readSequence))
                         writer.endObject()
                     }
                     writer.endArray()
@@ -185,7 +205,9 @@ public final class ChatService: Sendable {
                 return ChatFrames.reply("ok", id: id)
             }
         default:
-            throw ChatError("unknown_type", "unknown frame type '\(type)'")
+            guard try dispatchGroupsAndPresence(type, fields, id: id, session: session, connection) else {
+                throw ChatError("unknown_type", "unknown frame type '\(type)'")
+            }
         }
     }
 
@@ -210,10 +232,10 @@ public final class ChatService: Sendable {
 
     /// Sends a stored message to every online device of every participant but the
     /// sending connection. The frame is serialized once and its bytes shared.
-    private func deliver(_ message: StoredMessage, except sender: ChatConnection) {
+    func deliver(_ message: StoredMessage, except sender: ChatConnection) {
         let frame = ByteBuffer(bytes: ChatFrames.messageEvent(message.record))
         var delivered = 0
-        for participant in message.conversation.participants {
+        for participant in message.recipients {
             for connection in registry.connections(of: participant) where connection !== sender {
                 connection.send(frame)
                 delivered += 1
@@ -244,6 +266,7 @@ public final class ChatService: Sendable {
                     writer.field("device", session.deviceID)
                     writer.field("server_time", currentTimeMillis())
                 })
+                await presence.connected(session.userID, username: session.username)
             } catch {
                 fail(connection, id: id, error)
                 if error.code == ChatError.unauthorized.code {
@@ -258,10 +281,11 @@ public final class ChatService: Sendable {
         guard let session = connection.session.withLock({ $0 }) else { return }
         registry.remove(connection, userID: session.userID)
         metrics.connections.decrement()
+        presence.disconnected(session.userID, username: session.username)
     }
 
     /// Runs an asynchronous request and sends its one reply (or error).
-    private func run(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () async throws(ChatError) -> [UInt8]) {
+    func run(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () async throws(ChatError) -> [UInt8]) {
         Task {
             do throws(ChatError) {
                 connection.send(try await body())

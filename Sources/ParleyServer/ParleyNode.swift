@@ -48,9 +48,12 @@ public final class ParleyNode: Sendable {
         var limits = MessageLog.Limits()
         limits.maxBodyBytes = (try? configuration.integer(.maxBodyBytes, in: 1...1_048_576)) ?? limits.maxBodyBytes
         let accounts = AccountService(storage: runtime.storage, hashing: hashing)
+        let messages = MessageLog(storage: runtime.storage, limits: limits)
+        let groups = GroupService(storage: runtime.storage, messages: messages, accounts: accounts, maxMembers: (try? configuration.integer(.maxGroupMembers, in: 2...100)) ?? 100)
         let chat = ChatService(
-            accounts: accounts, messages: MessageLog(storage: runtime.storage, limits: limits),
-            toDevice: ToDeviceQueue(storage: runtime.storage), metrics: metrics, logger: logger)
+            accounts: accounts, messages: messages, toDevice: ToDeviceQueue(storage: runtime.storage), groups: groups,
+            receipts: ReceiptStore(storage: runtime.storage), storage: runtime.storage,
+            presenceGrace: .seconds((try? configuration.integer(.presenceGrace, in: 0...300)) ?? 5), metrics: metrics, logger: logger)
         let tls: NIOSSLContext?
         do {
             tls = try Self.tlsContext(configuration)
