@@ -400,20 +400,35 @@ public final class MessageLog: Sendable {
         }
     }
 
+    /// Records that a direct conversation exists for both users, before its first message,
+    /// so each appears among the other's contacts (presence). Existing rows are kept.
+    public func open(_ conversation: ConversationID) async throws(ChatError) {
+        for participant in conversation.participants {
+            do {
+                try await storage.apply([.putIfAbsent(StorageLayout.key(StorageLayout.userConversations, participant, Array(conversation.rawValue.utf8)), value: Array(#"{"last_seq":0,"last_ts":0}"#.utf8))])
+            } catch {
+                if error.status != .conflict { throw AccountService.storageError(error) }
+            }
+        }
+    }
+
     /// The user's conversations whose last sequence is above the device's cursor for them
     /// (absent cursors count as 0), in one answer.
     public func changes(_ session: Session, cursors: [String: Int64]) async throws(ChatError) -> [ConversationSummary] {
+        try await conversations(of: session.userID).filter { $0.lastSequence > cursors[$0.conversation, default: 0] }
+    }
+
+    /// Every conversation the user has taken part in, with its last sequence.
+    public func conversations(of userID: String) async throws(ChatError) -> [ConversationSummary] {
         var changed: [ConversationSummary] = []
         var lower = StorageBound.none
         do {
             while true {
-                let rows = try await storage.scan(table: StorageLayout.userConversations, partition: Array(session.userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
+                let rows = try await storage.scan(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
                 for row in rows {
                     let conversation = String(decoding: row.sortKey, as: UTF8.self)
                     guard let value = try? JSONParser.parse(row.value), let last = value["last_seq"]?.int64Value else { continue }
-                    if last > cursors[conversation, default: 0] {
-                        changed.append(ConversationSummary(conversation: conversation, lastSequence: last, lastTimestamp: value["last_ts"]?.int64Value ?? 0))
-                    }
+                    changed.append(ConversationSummary(conversation: conversation, lastSequence: last, lastTimestamp: value["last_ts"]?.int64Value ?? 0))
                 }
                 guard rows.count == StorageLimits.maxScanRows, let last = rows.last else { break }
                 lower = .exclusive(last.sortKey)

@@ -207,8 +207,7 @@ extension ChatService {
     /// Whether two users share a direct conversation or a group.
     private func sharesConversation(_ first: String, _ second: String) async throws(ChatError) -> Bool {
         if first == second { return true }
-        let direct = try await messages.changes(Session(userID: first, deviceID: "", username: ""), cursors: [:])
-        for summary in direct {
+        for summary in try await messages.conversations(of: first) {
             guard let conversation = ConversationID(summary.conversation) else { continue }
             if conversation.kind == .direct, conversation.includes(second) { return true }
             if conversation.kind == .group, try await messages.members(of: conversation).isCurrent(second) { return true }

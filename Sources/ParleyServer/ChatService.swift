@@ -117,6 +117,7 @@ public final class ChatService: Sendable {
             run(connection, id: id) { () throws(ChatError) in
                 guard let peer = try await self.accounts.lookUp(username: username) else { throw .notFound("user \(username)") }
                 let conversation = ConversationID.direct(session.userID, peer.id)
+                try await self.messages.open(conversation)
                 self.presence.contactsMet(session.userID, peer.id)
                 return ChatFrames.reply("conversation", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)

@@ -49,9 +49,27 @@ struct ChatClientSession {
             case .closed(let code, let reason):
                 printError("connection closed (\(code.map(String.init) ?? "no code")) \(reason)")
                 return
+            case .other(let frame):
+                if let line = Self.describe(frame, in: conversation) { say(line) }
             case .toDevice:
                 break
             }
+        }
+    }
+
+    /// A line for typing, receipt and presence events of the conversation shown (all when nil).
+    static func describe(_ frame: JSONValue, in conversation: String?) -> String? {
+        let who = frame["username"]?.stringValue ?? "someone"
+        let inConversation = conversation == nil || frame["conversation"]?.stringValue == conversation
+        switch frame["type"]?.stringValue {
+        case "typing" where inConversation:
+            return frame["typing"]?.boolValue == true ? "* \(who) is typing…" : nil
+        case "receipt" where inConversation:
+            return "* \(who) has \(frame["kind"]?.stringValue ?? "read") up to #\(frame["seq"]?.int64Value ?? 0)"
+        case "presence":
+            return frame["online"]?.boolValue == true ? "* \(who) is online" : "* \(who) went offline"
+        default:
+            return nil
         }
     }
 }
