@@ -38,6 +38,16 @@ public final class ChatService: Sendable {
         self.toDevice = toDevice
         self.metrics = metrics
         self.logger = logger
+        accounts.onDeviceRevoked { [toDevice, logger] _, deviceID in
+            // Messages waiting for a revoked device can never be fetched.
+            Task {
+                do {
+                    try await toDevice.purge(deviceID: deviceID)
+                } catch {
+                    logger.warning("cannot delete the to-device messages of revoked device \(deviceID): \(error)")
+                }
+            }
+        }
         accounts.onDeviceRevoked { [registry] userID, deviceID in
             for connection in registry.connections(of: userID) where connection.session.withLock({ $0?.deviceID }) == deviceID {
                 connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "device revoked")
@@ -126,7 +136,7 @@ public final class ChatService: Sendable {
             }
         case "sync":
             var cursors: [String: Int64] = [:]
-            if let given = fields["cursors"] {
+            if let given = fields["cursors"], given != .null {
                 guard let object = given.objectValue, object.count <= 100_000 else { throw .invalid("'cursors' must be an object of conversation: sequence") }
                 for (conversation, value) in object {
                     guard let sequence = value.int64Value, sequence >= 0 else { throw .invalid("cursor of \(conversation) must be a whole number >= 0") }
@@ -189,6 +199,7 @@ public final class ChatService: Sendable {
             }
         case "fetch_to_device":
             let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
+            guard (1...ToDeviceQueue.maxPending).contains(limit) else { throw .invalid("limit must be 1 to \(ToDeviceQueue.maxPending)") }
             run(connection, id: id) { () throws(ChatError) in
                 let pending = try await self.toDevice.pending(for: session, limit: limit)
                 return ChatFrames.reply("to_device_messages", id: id) { writer in
