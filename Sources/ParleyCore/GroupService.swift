@@ -29,9 +29,9 @@ public struct GroupService: Sendable {
             }
             return ConversationMembers(exists: true, members: Dictionary(uniqueKeysWithValues: conversation.participants.map { ($0, .init(role: .member, fromSequence: 1)) }))
         }
-        guard let record = try await storage.get(StorageLayout.key(StorageLayout.groups, conversation.rawValue)),
-            let value = try? JSONParser.parse(record), value["deleted"]?.boolValue != true
-        else { return ConversationMembers(exists: false) }
+        guard let record = try await storage.get(StorageLayout.key(StorageLayout.groups, conversation.rawValue)), let value = try? JSONParser.parse(record) else {
+            return ConversationMembers(exists: false)
+        }
         var members: [String: ConversationMembers.Member] = [:]
         let rows = try await storage.scan(table: StorageLayout.groupMembers, partition: Array(conversation.rawValue.utf8), StorageScan())
         for row in rows {
@@ -40,7 +40,8 @@ public struct GroupService: Sendable {
             else { continue }
             members[String(decoding: row.sortKey, as: UTF8.self)] = .init(role: role, fromSequence: from, untilSequence: member["until"]?.int64Value)
         }
-        return ConversationMembers(exists: true, name: value["name"]?.stringValue ?? "", members: members)
+        // A deleted group keeps its former members, who may still read its history.
+        return ConversationMembers(exists: value["deleted"]?.boolValue != true, name: value["name"]?.stringValue ?? "", members: members)
     }
 
     // MARK: Changes
@@ -85,7 +86,7 @@ public struct GroupService: Sendable {
             try Self.require(.admin, session, members, "remove members")
             guard user.id != session.userID else { throw ChatError.invalid("use group_leave to leave") }
             guard let target = members.members[user.id], target.untilSequence == nil else { throw ChatError.notFound("member \(username)") }
-            guard target.role < members.members[session.userID]!.role else { throw ChatError.forbidden("only a higher role can remove a \(target.role.rawValue)") }
+            guard target.role < members.members[session.userID]!.role else { throw ChatError.forbidden("only a higher role can remove the \(target.role.rawValue) \(username)") }
             members.members[user.id]!.untilSequence = sequence
             return MembershipEvent(writes: [Self.memberRow(conversation, user.id, members.members[user.id]!)], body: Self.event("member_removed", by: session) { writer in
                 Self.users(&writer, "members", [(user.id, user.username, target.role)])
@@ -145,7 +146,8 @@ public struct GroupService: Sendable {
             let everyone = members.current
             for user in everyone { members.members[user]!.untilSequence = sequence }
             members.exists = false
-            return MembershipEvent(writes: [Self.groupRecord(conversation, name: members.name, deleted: true)], body: Self.event("deleted", by: session) { _ in }, alsoNotify: everyone)
+            let writes = [Self.groupRecord(conversation, name: members.name, deleted: true)] + everyone.map { Self.memberRow(conversation, $0, members.members[$0]!) }
+            return MembershipEvent(writes: writes, body: Self.event("deleted", by: session) { _ in }, alsoNotify: everyone)
         }
     }
 

@@ -288,6 +288,8 @@ public final class MessageLog: Sendable {
                 messageWrites.insert(writes.count)
                 writes.append(.putIfAbsent(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
                 writes += eventWrites
+                // Senders have read what they send: their read cursor moves with it.
+                writes.append(.put(ReceiptStore.key(conversation, request.sender.userID, .read), value: StorageLayout.sequenceKey(sequence)))
                 let recipients = members.current + alsoNotify
                 summaryUsers.formUnion(recipients)
                 included.append(pending)
@@ -397,18 +399,6 @@ public final class MessageLog: Sendable {
             return before == nil ? messages : messages.reversed()
         } catch {
             throw AccountService.storageError(error)
-        }
-    }
-
-    /// Records that a direct conversation exists for both users, before its first message,
-    /// so each appears among the other's contacts (presence). Existing rows are kept.
-    public func open(_ conversation: ConversationID) async throws(ChatError) {
-        for participant in conversation.participants {
-            do {
-                try await storage.apply([.putIfAbsent(StorageLayout.key(StorageLayout.userConversations, participant, Array(conversation.rawValue.utf8)), value: Array(#"{"last_seq":0,"last_ts":0}"#.utf8))])
-            } catch {
-                if error.status != .conflict { throw AccountService.storageError(error) }
-            }
         }
     }
 

@@ -13,24 +13,24 @@ public struct ReceiptStore: Sendable {
         self.storage = storage
     }
 
-    private static func key(_ conversation: ConversationID, _ userID: String, _ kind: ReceiptKind) -> StorageKey {
+    static func key(_ conversation: ConversationID, _ userID: String, _ kind: ReceiptKind) -> StorageKey {
         StorageLayout.key(StorageLayout.readCursors, conversation.rawValue, Array(userID.utf8) + [0] + Array(kind.rawValue.utf8))
     }
 
     /// Moves the user's cursor up to `sequence`; a lower value changes nothing.
-    /// Returns the cursor after the call.
+    /// Returns the cursor after the call and whether it moved.
     @discardableResult
-    public func advance(_ conversation: ConversationID, userID: String, kind: ReceiptKind, to sequence: Int64) async throws(ChatError) -> Int64 {
+    public func advance(_ conversation: ConversationID, userID: String, kind: ReceiptKind, to sequence: Int64) async throws(ChatError) -> (cursor: Int64, moved: Bool) {
         let key = Self.key(conversation, userID, kind)
         for _ in 0..<8 {
             do {
                 let current = try await storage.get(key)
                 let known = current.flatMap(StorageLayout.sequence(fromKey:)) ?? 0
-                guard sequence > known else { return known }
+                guard sequence > known else { return (known, false) }
                 let write: StorageWrite = current.map { .compareAndSet(key, expected: $0, value: StorageLayout.sequenceKey(sequence)) }
                     ?? .putIfAbsent(key, value: StorageLayout.sequenceKey(sequence))
                 try await storage.apply([write])
-                return sequence
+                return (sequence, true)
             } catch {
                 if error.status == .conflict { continue }
                 throw AccountService.storageError(error)

@@ -36,6 +36,7 @@ extension ChatService {
             groupChange(connection, id: id) { () throws(ChatError) in try await self.groups.delete(session, conversation) }
         case "group_info":
             let conversation = try Self.conversation(fields)
+            guard conversation.kind == .group else { throw .invalid("\(conversation) is not a group") }
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.currentMembers(of: conversation, for: session)
                 var profiles: [(UserProfile, GroupRole)] = []
@@ -82,7 +83,7 @@ extension ChatService {
             guard let sequence = try Self.optionalInteger(fields, "seq") else { throw .invalid("missing 'seq'") }
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.readableMembers(of: conversation, for: session)
-                let cursor = try await self.receipts.advance(conversation, userID: session.userID, kind: kind, to: sequence)
+                let (cursor, moved) = try await self.receipts.advance(conversation, userID: session.userID, kind: kind, to: sequence)
                 let event = ByteBuffer(bytes: ChatFrames.reply("receipt", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("user", session.userID)
@@ -92,8 +93,8 @@ extension ChatService {
                 })
                 // The reader's other devices always learn it (unread counts stay in step);
                 // the other side of a direct conversation is told; group members ask with `receipts`.
-                var notify = [session.userID]
-                if conversation.kind == .direct { notify += members.current.filter { $0 != session.userID } }
+                var notify = moved ? [session.userID] : []
+                if moved, conversation.kind == .direct { notify += members.current.filter { $0 != session.userID } }
                 for user in notify {
                     for peer in self.registry.connections(of: user) where peer !== connection { peer.send(event) }
                 }
@@ -106,7 +107,7 @@ extension ChatService {
         case "receipts":
             let conversation = try Self.conversation(fields)
             run(connection, id: id) { () throws(ChatError) in
-                let members = try await self.readableMembers(of: conversation, for: session)
+                let members = try await self.currentMembers(of: conversation, for: session)
                 let cursors = try await self.receipts.all(conversation)
                 return ChatFrames.reply("receipts", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
@@ -209,8 +210,11 @@ extension ChatService {
         if first == second { return true }
         for summary in try await messages.conversations(of: first) {
             guard let conversation = ConversationID(summary.conversation) else { continue }
-            if conversation.kind == .direct, conversation.includes(second) { return true }
-            if conversation.kind == .group, try await messages.members(of: conversation).isCurrent(second) { return true }
+            if conversation.kind == .direct, summary.lastSequence > 0, conversation.includes(second) { return true }
+            if conversation.kind == .group {
+                let members = try await messages.members(of: conversation)
+                if members.isCurrent(first), members.isCurrent(second) { return true }
+            }
         }
         return false
     }

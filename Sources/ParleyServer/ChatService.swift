@@ -58,6 +58,11 @@ public final class ChatService: Sendable {
     /// Online connections, for the metrics and for shutdown.
     public var onlineConnections: Int { registry.count }
 
+    /// Records everyone online as last seen now (before storage closes at shutdown).
+    public func recordPresenceAtShutdown() async {
+        await presence.recordEveryoneOffline()
+    }
+
     /// Closes every connection with "going away" (1001).
     public func closeAll() {
         for connection in registry.all() { connection.close(code: .goingAway, reason: "server shutting down") }
@@ -127,8 +132,6 @@ public final class ChatService: Sendable {
             run(connection, id: id) { () throws(ChatError) in
                 guard let peer = try await self.accounts.lookUp(username: username) else { throw .notFound("user \(username)") }
                 let conversation = ConversationID.direct(session.userID, peer.id)
-                try await self.messages.open(conversation)
-                self.presence.contactsMet(session.userID, peer.id)
                 return ChatFrames.reply("conversation", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     ChatFrames.user(&writer, "peer", peer)
@@ -227,6 +230,9 @@ public final class ChatService: Sendable {
         let request = SendRequest(
             sender: session, conversation: try Self.conversation(fields), clientID: try Self.string(fields, "client_id"),
             contentType: try Self.string(fields, "content_type"), body: try Self.string(fields, "body"))
+        guard request.contentType != GroupService.eventContentType else {
+            throw .invalid("content type \(GroupService.eventContentType) is reserved for the server's membership events")
+        }
         metrics.messagesIn.increment()
         let started = ContinuousClock.now
         messages.submit(request) { [self] result in
@@ -254,6 +260,10 @@ public final class ChatService: Sendable {
             }
         }
         metrics.messagesOut.increment(by: Int64(delivered))
+        // The first message of a direct conversation makes its users each other's contacts.
+        if message.sequence == 1, message.conversation.kind == .direct, message.conversation.participants.count == 2 {
+            presence.contactsMet(message.conversation.participants[0], message.conversation.participants[1])
+        }
     }
 
     private func authenticate(_ connection: ChatConnection, token: String, id: String?) {

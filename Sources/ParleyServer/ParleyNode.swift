@@ -182,6 +182,7 @@ public final class ParleyNode: Sendable {
         await httpGroup?.triggerGracefulShutdown()
         _ = await httpTask?.result
         try? await Task.sleep(for: .milliseconds(100))
+        await chat.recordPresenceAtShutdown()
         await runtime.shutdown()
         hashing.shutdown()
         logger.info("stopped")

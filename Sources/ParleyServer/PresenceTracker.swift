@@ -73,13 +73,15 @@ final class PresenceTracker: Sendable {
             return state.nextToken
         }
         guard let token else { return }
+        let lastSeen = currentTimeMillis()
         let nanoseconds = Int(grace.components.seconds) * 1_000_000_000 + Int(grace.components.attoseconds / 1_000_000_000)
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
-            goOffline(userID, username: username, token: token)
+            goOffline(userID, username: username, token: token, lastSeen: lastSeen)
         }
     }
 
-    private func goOffline(_ userID: String, username: String, token: UInt64) {
+    /// `lastSeen` is when the last connection closed, not when the grace period ended.
+    private func goOffline(_ userID: String, username: String, token: UInt64, lastSeen: Int64) {
         let watchers: Set<String>? = state.withLock { state in
             guard state.leaving[userID] == token else { return nil }
             state.leaving[userID] = nil
@@ -91,15 +93,26 @@ final class PresenceTracker: Sendable {
             return state.watchers[userID] ?? []
         }
         guard let watchers else { return }
-        let lastSeen = currentTimeMillis()
+        // Stored before it is announced, so a query right after the event sees it.
         Task {
-            do {
-                try await storage.apply([.put(StorageLayout.key(StorageLayout.presence, userID), value: StorageLayout.sequenceKey(lastSeen))])
-            } catch {
-                logger.warning("cannot store last seen of \(userID): \(error)")
-            }
+            await store(lastSeen: lastSeen, of: [userID])
+            announce(userID, username: username, online: false, lastSeen: lastSeen, to: watchers)
         }
-        announce(userID, username: username, online: false, lastSeen: lastSeen, to: watchers)
+    }
+
+    private func store(lastSeen: Int64, of users: [String]) async {
+        guard !users.isEmpty else { return }
+        do {
+            try await storage.apply(users.map { .put(StorageLayout.key(StorageLayout.presence, $0), value: StorageLayout.sequenceKey(lastSeen)) })
+        } catch {
+            logger.warning("cannot store last seen of \(users.count) users: \(error)")
+        }
+    }
+
+    /// At shutdown: everyone still online was last seen now.
+    func recordEveryoneOffline() async {
+        let users = state.withLock { Array($0.connections.keys) }
+        await store(lastSeen: currentTimeMillis(), of: users)
     }
 
     /// Two users opened a direct conversation: if either is online, it now watches the other.

@@ -34,7 +34,8 @@ struct PresenceTests {
         let dave = try await server.user("dave")
         let aliceSession = try await server.connect(alice[0])
         let aliceInbox = Inbox(aliceSession)
-        _ = try await aliceSession.open(with: "bob")
+        // A conversation with a message makes alice and bob contacts.
+        _ = try await aliceSession.send(conversation: try await aliceSession.open(with: "bob"), body: "hi")
         let daveSession = try await server.connect(dave[0])
         let daveInbox = Inbox(daveSession)
         // Dave shares only a group with bob: he may ask, but is not sent bob's changes.
