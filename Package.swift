@@ -41,6 +41,7 @@ let package = Package(
     products: [
         .executable(name: "parleyd", targets: ["parleyd"]),
         .executable(name: "parley", targets: ["parley"]),
+        .executable(name: "parley-bench", targets: ["parley-bench"]),
         .library(name: "ParleyClient", targets: ["ParleyClient"]),
         .library(name: "parley-storage-sqlite", type: .dynamic, targets: ["StorageSQLite"]),
         .library(name: "parley-storage-lmdb", type: .dynamic, targets: ["StorageLMDB"]),
@@ -54,6 +55,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The stable C ABI: include/parley/plugin.h.
@@ -148,6 +150,20 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
+        // The load generator: starts or targets a parleyd and measures it (docs/BENCHMARKS.md).
+        .executableTarget(
+            name: "parley-bench",
+            dependencies: [
+                "ParleyClient", "ParleyJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strictSwift
+        ),
 
         // plugins/storage-sqlite: the default storage backend, a Swift plugin.
         .systemLibrary(name: "CSQLite", path: "plugins/storage-sqlite/CSQLite", pkgConfig: "sqlite3"),
@@ -176,6 +192,12 @@ let package = Package(
                 "ParleyServer", "ParleyClient", "ParleyCore", "ParleyJSON", "PluginHost",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strictSwift
+        ),
+        // Smoke runs of every parley-bench scenario against a started parleyd.
+        .testTarget(
+            name: "BenchTests",
+            dependencies: ["ParleyJSON"],
             swiftSettings: strictSwift
         ),
         .testTarget(
