@@ -9,6 +9,8 @@ public enum ChatEvent: Sendable, Equatable {
     /// A stored message of a conversation (`{"conversation","seq","ts","from",...}`).
     case message(JSONValue)
     case toDevice(JSONValue)
+    /// Any other event frame, whole: `presence`, `typing`, `receipt`.
+    case other(JSONValue)
     /// An error frame that answers no request of ours (a dropped frame, for example).
     case error(ParleyError)
     case closed(code: Int?, reason: String)
@@ -62,7 +64,7 @@ public final class ChatSession: Sendable {
                         let error = Self.error(frame)
                         welcomeContinuation.yield(.failure(error))
                         continuation.yield(.error(error))
-                    default: break
+                    default: continuation.yield(.other(frame))
                     }
                 case .closed(let code, let reason):
                     let error = ParleyError(code: "closed", message: "connection closed (\(code.map(String.init) ?? "no code")): \(reason)")

@@ -9,6 +9,12 @@ public struct Session: Sendable, Equatable {
     public var userID: String
     public var deviceID: String
     public var username: String
+
+    public init(userID: String, deviceID: String, username: String) {
+        self.userID = userID
+        self.deviceID = deviceID
+        self.username = username
+    }
 }
 
 /// A user as others see them.
@@ -271,7 +277,7 @@ public final class AccountService: Sendable {
         }
     }
 
-    static func storageError(_ error: PluginCallError) -> ChatError {
+    public static func storageError(_ error: PluginCallError) -> ChatError {
         error.status == .busy ? .busy : .storage("storage failed: \(error.code)")
     }
 

@@ -1,28 +1,103 @@
-/// A conversation's identifier. A direct (1:1) conversation between users a and b is
-/// "d:" + the two user ids in ascending order, joined by ":", so both sides name it the same.
+/// A conversation's identifier.
+/// - A direct (1:1) conversation between users a and b is "d:" + the two user ids in
+///   ascending order joined by ":", so both sides name it the same.
+/// - A group is "g:" + the group's id.
 public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable { case direct, group }
+
     public let rawValue: String
-    /// The users who take part.
+    public let kind: Kind
+    /// The two users of a direct conversation (one for a conversation with oneself);
+    /// empty for a group, whose members are stored.
     public let participants: [String]
 
     public static func direct(_ first: String, _ second: String) -> ConversationID {
         let ordered = [first, second].sorted()
-        return ConversationID(rawValue: "d:\(ordered[0]):\(ordered[1])", participants: ordered[0] == ordered[1] ? [ordered[0]] : ordered)
+        return ConversationID(rawValue: "d:\(ordered[0]):\(ordered[1])", kind: .direct, participants: ordered[0] == ordered[1] ? [ordered[0]] : ordered)
+    }
+
+    public static func group(_ id: String) -> ConversationID {
+        ConversationID(rawValue: "g:\(id)", kind: .group, participants: [])
     }
 
     /// Parses an identifier a client sent; nil when it is not one.
     public init?(_ text: String) {
+        guard text.utf8.count <= 160 else { return nil }
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0] == "d", !parts[1].isEmpty, !parts[2].isEmpty, parts[1] <= parts[2], text.utf8.count <= 160 else { return nil }
-        self.init(rawValue: text, participants: parts[1] == parts[2] ? [String(parts[1])] : [String(parts[1]), String(parts[2])])
+        if parts.count == 2, parts[0] == "g", parts[1].utf8.count >= 3, parts[1].utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) {
+            self.init(rawValue: text, kind: .group, participants: [])
+            return
+        }
+        guard parts.count == 3, parts[0] == "d", !parts[1].isEmpty, !parts[2].isEmpty, parts[1] <= parts[2] else { return nil }
+        self.init(rawValue: text, kind: .direct, participants: parts[1] == parts[2] ? [String(parts[1])] : [String(parts[1]), String(parts[2])])
     }
 
-    private init(rawValue: String, participants: [String]) {
+    private init(rawValue: String, kind: Kind, participants: [String]) {
         self.rawValue = rawValue
+        self.kind = kind
         self.participants = participants
     }
 
+    /// For a direct conversation: whether the user takes part. Groups answer from their members.
     public func includes(_ userID: String) -> Bool { participants.contains(userID) }
 
+    /// The group's id, for a group.
+    public var groupID: String? { kind == .group ? String(rawValue.dropFirst(2)) : nil }
+
     public var description: String { rawValue }
+}
+
+/// A member's role in a group.
+public enum GroupRole: String, Sendable, Comparable {
+    case member, admin, owner
+
+    private var rank: Int {
+        switch self {
+        case .member: 0
+        case .admin: 1
+        case .owner: 2
+        }
+    }
+
+    public static func < (left: GroupRole, right: GroupRole) -> Bool { left.rank < right.rank }
+}
+
+/// Who belongs to a conversation, and from which message on.
+public struct ConversationMembers: Sendable, Equatable {
+    public struct Member: Sendable, Equatable {
+        public var role: GroupRole
+        /// The first sequence the member may read.
+        public var fromSequence: Int64
+        /// For a former member: the last sequence they may read.
+        public var untilSequence: Int64?
+
+        public init(role: GroupRole, fromSequence: Int64, untilSequence: Int64? = nil) {
+            self.role = role
+            self.fromSequence = fromSequence
+            self.untilSequence = untilSequence
+        }
+    }
+
+    /// False for a group id that names no group (or a deleted one).
+    public var exists: Bool
+    public var name: String
+    /// Current and former members by user id.
+    public var members: [String: Member]
+
+    public init(exists: Bool, name: String = "", members: [String: Member] = [:]) {
+        self.exists = exists
+        self.name = name
+        self.members = members
+    }
+
+    /// The users who receive new messages.
+    public var current: [String] { members.filter { $0.value.untilSequence == nil }.map(\.key).sorted() }
+
+    public func isCurrent(_ userID: String) -> Bool { members[userID].map { $0.untilSequence == nil } ?? false }
+
+    /// The sequences a user may read, or nil when they never belonged.
+    public func readableRange(for userID: String) -> ClosedRange<Int64>? {
+        guard exists || members[userID] != nil, let member = members[userID] else { return nil }
+        return member.fromSequence...(member.untilSequence ?? Int64.max)
+    }
 }

@@ -18,6 +18,14 @@ public enum StorageLayout {
     public static let clientIDs = Array("client_ids".utf8)
     /// user_conversations / <user id> / <conversation id> → last sequence and time (JSON).
     public static let userConversations = Array("user_conversations".utf8)
+    /// groups / <conversation id "g:…"> / "" → group record (JSON: name, created_at, deleted).
+    public static let groups = Array("groups".utf8)
+    /// group_members / <conversation id> / <user id> → member (JSON: role, from, until).
+    public static let groupMembers = Array("group_members".utf8)
+    /// read_cursors / <conversation id> / <user id> → highest sequence read (8 bytes BE).
+    public static let readCursors = Array("read_cursors".utf8)
+    /// presence / <user id> / "" → last seen, milliseconds (8 bytes BE).
+    public static let presence = Array("presence".utf8)
     /// to_device / <device id> / <time ns BE 8 bytes><random 8 bytes> → to-device message (JSON).
     public static let toDevice = Array("to_device".utf8)
 

@@ -60,6 +60,19 @@ public struct ToDeviceQueue: Sendable {
         }
     }
 
+    /// Deletes every message waiting for a device (it was revoked).
+    public func purge(deviceID: String) async throws(ChatError) {
+        do {
+            while true {
+                let rows = try await storage.scan(table: StorageLayout.toDevice, partition: Array(deviceID.utf8), StorageScan(limit: StorageLimits.maxBatchWrites))
+                guard !rows.isEmpty else { return }
+                try await storage.apply(rows.map { .delete(StorageLayout.key(StorageLayout.toDevice, deviceID, $0.sortKey)) })
+            }
+        } catch {
+            throw AccountService.storageError(error)
+        }
+    }
+
     /// Deletes acknowledged messages; unknown ids are ignored.
     public func acknowledge(_ session: Session, ids: [String]) async throws(ChatError) {
         guard ids.count <= Self.maxPending else { throw .invalid("at most \(Self.maxPending) ids per acknowledgement") }

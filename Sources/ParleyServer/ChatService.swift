@@ -6,6 +6,7 @@ import NIOCore
 import NIOWebSocket
 public import ParleyCore
 import ParleyJSON
+public import PluginHost
 import Prometheus
 import Synchronization
 
@@ -13,21 +14,40 @@ public final class ChatService: Sendable {
     let accounts: AccountService
     let messages: MessageLog
     let toDevice: ToDeviceQueue
-    let registry = ConnectionRegistry()
+    let groups: GroupService
+    let receipts: ReceiptStore
+    let presence: PresenceTracker
+    let registry: ConnectionRegistry
     let metrics: ServerMetrics
     let logger: Logger
+    /// How long a typing indicator lasts unless renewed or stopped.
+    static let typingExpiry = 8_000
 
-    public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, metrics: ServerMetrics, logger: Logger) {
+    public init(accounts: AccountService, messages: MessageLog, toDevice: ToDeviceQueue, groups: GroupService, receipts: ReceiptStore, storage: StorageBackend, presenceGrace: Duration, metrics: ServerMetrics, logger: Logger) {
         self.accounts = accounts
         self.messages = messages
-        messages.checkParticipants { [accounts] conversation in
-            for participant in conversation.participants where try await accounts.profile(id: participant) == nil {
-                throw ChatError.notFound("conversation \(conversation)")
-            }
+        self.groups = groups
+        self.receipts = receipts
+        messages.loadMembers { [groups] conversation in try await groups.loadMembers(conversation) }
+        let registry = ConnectionRegistry()
+        self.registry = registry
+        presence = PresenceTracker(storage: storage, grace: presenceGrace, logger: logger) { userID, frame in
+            let buffer = ByteBuffer(bytes: frame)
+            for connection in registry.connections(of: userID) { connection.send(buffer) }
         }
         self.toDevice = toDevice
         self.metrics = metrics
         self.logger = logger
+        accounts.onDeviceRevoked { [toDevice, logger] _, deviceID in
+            // Messages waiting for a revoked device can never be fetched.
+            Task {
+                do {
+                    try await toDevice.purge(deviceID: deviceID)
+                } catch {
+                    logger.warning("cannot delete the to-device messages of revoked device \(deviceID): \(error)")
+                }
+            }
+        }
         accounts.onDeviceRevoked { [registry] userID, deviceID in
             for connection in registry.connections(of: userID) where connection.session.withLock({ $0?.deviceID }) == deviceID {
                 connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "device revoked")
@@ -37,6 +57,11 @@ public final class ChatService: Sendable {
 
     /// Online connections, for the metrics and for shutdown.
     public var onlineConnections: Int { registry.count }
+
+    /// Records everyone online as last seen now (before storage closes at shutdown).
+    public func recordPresenceAtShutdown() async {
+        await presence.recordEveryoneOffline()
+    }
 
     /// Closes every connection with "going away" (1001).
     public func closeAll() {
@@ -81,7 +106,7 @@ public final class ChatService: Sendable {
         connection.send(frame)
     }
 
-    private func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
+    func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
         metrics.errors.increment()
         reply(connection, ChatFrames.error(id: id, error))
     }
@@ -114,7 +139,7 @@ public final class ChatService: Sendable {
             }
         case "sync":
             var cursors: [String: Int64] = [:]
-            if let given = fields["cursors"] {
+            if let given = fields["cursors"], given != .null {
                 guard let object = given.objectValue, object.count <= 100_000 else { throw .invalid("'cursors' must be an object of conversation: sequence") }
                 for (conversation, value) in object {
                     guard let sequence = value.int64Value, sequence >= 0 else { throw .invalid("cursor of \(conversation) must be a whole number >= 0") }
@@ -123,13 +148,22 @@ public final class ChatService: Sendable {
             }
             run(connection, id: id) { [cursors] () throws(ChatError) in
                 let changed = try await self.messages.changes(session, cursors: cursors)
+                var read: [String: Int64] = [:]
+                for summary in changed {
+                    if let conversation = ConversationID(summary.conversation) {
+                        read[summary.conversation] = try await self.receipts.cursor(conversation, userID: session.userID, kind: .read)
+                    }
+                }
                 return ChatFrames.reply("sync_result", id: id) { writer in
                     writer.beginArray("conversations")
                     for summary in changed {
+                        let readSequence = read[summary.conversation] ?? 0
                         writer.beginObject()
                         writer.field("conversation", summary.conversation)
                         writer.field("last_seq", summary.lastSequence)
                         writer.field("last_ts", summary.lastTimestamp)
+                        writer.field("read_seq", readSequence)
+                        writer.field("unread", max(0, summary.lastSequence - readSequence))
                         writer.endObject()
                     }
                     writer.endArray()
@@ -168,6 +202,7 @@ public final class ChatService: Sendable {
             }
         case "fetch_to_device":
             let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
+            guard (1...ToDeviceQueue.maxPending).contains(limit) else { throw .invalid("limit must be 1 to \(ToDeviceQueue.maxPending)") }
             run(connection, id: id) { () throws(ChatError) in
                 let pending = try await self.toDevice.pending(for: session, limit: limit)
                 return ChatFrames.reply("to_device_messages", id: id) { writer in
@@ -185,7 +220,9 @@ public final class ChatService: Sendable {
                 return ChatFrames.reply("ok", id: id)
             }
         default:
-            throw ChatError("unknown_type", "unknown frame type '\(type)'")
+            guard try dispatchGroupsAndPresence(type, fields, id: id, session: session, connection) else {
+                throw ChatError("unknown_type", "unknown frame type '\(type)'")
+            }
         }
     }
 
@@ -193,6 +230,9 @@ public final class ChatService: Sendable {
         let request = SendRequest(
             sender: session, conversation: try Self.conversation(fields), clientID: try Self.string(fields, "client_id"),
             contentType: try Self.string(fields, "content_type"), body: try Self.string(fields, "body"))
+        guard request.contentType != GroupService.eventContentType else {
+            throw .invalid("content type \(GroupService.eventContentType) is reserved for the server's membership events")
+        }
         metrics.messagesIn.increment()
         let started = ContinuousClock.now
         messages.submit(request) { [self] result in
@@ -210,16 +250,20 @@ public final class ChatService: Sendable {
 
     /// Sends a stored message to every online device of every participant but the
     /// sending connection. The frame is serialized once and its bytes shared.
-    private func deliver(_ message: StoredMessage, except sender: ChatConnection) {
+    func deliver(_ message: StoredMessage, except sender: ChatConnection) {
         let frame = ByteBuffer(bytes: ChatFrames.messageEvent(message.record))
         var delivered = 0
-        for participant in message.conversation.participants {
+        for participant in message.recipients {
             for connection in registry.connections(of: participant) where connection !== sender {
                 connection.send(frame)
                 delivered += 1
             }
         }
         metrics.messagesOut.increment(by: Int64(delivered))
+        // The first message of a direct conversation makes its users each other's contacts.
+        if message.sequence == 1, message.conversation.kind == .direct, message.conversation.participants.count == 2 {
+            presence.contactsMet(message.conversation.participants[0], message.conversation.participants[1])
+        }
     }
 
     private func authenticate(_ connection: ChatConnection, token: String, id: String?) {
@@ -244,6 +288,7 @@ public final class ChatService: Sendable {
                     writer.field("device", session.deviceID)
                     writer.field("server_time", currentTimeMillis())
                 })
+                await presence.connected(session.userID, username: session.username)
             } catch {
                 fail(connection, id: id, error)
                 if error.code == ChatError.unauthorized.code {
@@ -258,10 +303,11 @@ public final class ChatService: Sendable {
         guard let session = connection.session.withLock({ $0 }) else { return }
         registry.remove(connection, userID: session.userID)
         metrics.connections.decrement()
+        presence.disconnected(session.userID, username: session.username)
     }
 
     /// Runs an asynchronous request and sends its one reply (or error).
-    private func run(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () async throws(ChatError) -> [UInt8]) {
+    func run(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () async throws(ChatError) -> [UInt8]) {
         Task {
             do throws(ChatError) {
                 connection.send(try await body())

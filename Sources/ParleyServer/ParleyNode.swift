@@ -10,6 +10,7 @@ import NIOPosix
 import NIOSSL
 import ParleyCore
 import PluginHost
+import ServiceLifecycle
 
 public final class ParleyNode: Sendable {
     public let runtime: ServerRuntime
@@ -22,15 +23,17 @@ public final class ParleyNode: Sendable {
     private let hashing: PluginWorkerPool
     private let chatListener: ChatListener?
     private let httpTask: Task<Void, any Error>?
+    private let httpGroup: ServiceGroup?
     private let logger: Logger
 
-    private init(runtime: ServerRuntime, chat: ChatService, metrics: ServerMetrics, hashing: PluginWorkerPool, chatListener: ChatListener?, httpTask: Task<Void, any Error>?, httpPort: Int?, chatURL: String, logger: Logger) {
+    private init(runtime: ServerRuntime, chat: ChatService, metrics: ServerMetrics, hashing: PluginWorkerPool, chatListener: ChatListener?, httpTask: Task<Void, any Error>?, httpGroup: ServiceGroup?, httpPort: Int?, chatURL: String, logger: Logger) {
         self.runtime = runtime
         self.chat = chat
         self.metrics = metrics
         self.hashing = hashing
         self.chatListener = chatListener
         self.httpTask = httpTask
+        self.httpGroup = httpGroup
         self.httpPort = httpPort
         self.chatPort = chatListener?.port
         self.chatURL = chatURL
@@ -45,9 +48,12 @@ public final class ParleyNode: Sendable {
         var limits = MessageLog.Limits()
         limits.maxBodyBytes = (try? configuration.integer(.maxBodyBytes, in: 1...1_048_576)) ?? limits.maxBodyBytes
         let accounts = AccountService(storage: runtime.storage, hashing: hashing)
+        let messages = MessageLog(storage: runtime.storage, limits: limits)
+        let groups = GroupService(storage: runtime.storage, messages: messages, accounts: accounts, maxMembers: (try? configuration.integer(.maxGroupMembers, in: 2...100)) ?? 100)
         let chat = ChatService(
-            accounts: accounts, messages: MessageLog(storage: runtime.storage, limits: limits),
-            toDevice: ToDeviceQueue(storage: runtime.storage), metrics: metrics, logger: logger)
+            accounts: accounts, messages: messages, toDevice: ToDeviceQueue(storage: runtime.storage), groups: groups,
+            receipts: ReceiptStore(storage: runtime.storage), storage: runtime.storage,
+            presenceGrace: .seconds((try? configuration.integer(.presenceGrace, in: 0...300)) ?? 5), metrics: metrics, logger: logger)
         let tls: NIOSSLContext?
         do {
             tls = try Self.tlsContext(configuration)
@@ -85,6 +91,7 @@ public final class ParleyNode: Sendable {
         let chatURL = !publicURL.isEmpty ? publicURL : "\(scheme)://\(configuration[.chatHost]):\(chatListener?.port ?? Int(configuration[.chatPort]) ?? 8081)\(ChatListener.path)"
 
         var httpTask: Task<Void, any Error>?
+        var httpGroup: ServiceGroup?
         var httpPort: Int?
         if configuration.runsHTTP {
             let api = HTTPAPI(accounts: accounts, metrics: metrics, chatURL: { chatURL })
@@ -113,9 +120,12 @@ public final class ParleyNode: Sendable {
                     continuation.finish()
                 },
                 eventLoopGroupProvider: .shared(group), logger: logger)
+            // A service group of its own, so shutdown is graceful rather than a cancellation.
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [app], logger: logger))
+            httpGroup = group
             let task = Task {
                 do {
-                    try await app.run()
+                    try await group.run()
                 } catch {
                     continuation.finish()
                     throw error
@@ -131,7 +141,7 @@ public final class ParleyNode: Sendable {
             httpTask = task
             httpPort = port
         }
-        let node = ParleyNode(runtime: runtime, chat: chat, metrics: metrics, hashing: hashing, chatListener: chatListener, httpTask: httpTask, httpPort: httpPort, chatURL: chatURL, logger: logger)
+        let node = ParleyNode(runtime: runtime, chat: chat, metrics: metrics, hashing: hashing, chatListener: chatListener, httpTask: httpTask, httpGroup: httpGroup, httpPort: httpPort, chatURL: chatURL, logger: logger)
         if let httpPort { logger.info("HTTP API listening on \(tls == nil ? "http" : "https")://\(configuration[.httpHost]):\(httpPort)") }
         if chatListener != nil { logger.info("chat listener on \(chatURL)") }
         return node
@@ -169,9 +179,10 @@ public final class ParleyNode: Sendable {
     public func shutdown() async {
         await chatListener?.close()
         chat.closeAll()
-        httpTask?.cancel()
+        await httpGroup?.triggerGracefulShutdown()
         _ = await httpTask?.result
         try? await Task.sleep(for: .milliseconds(100))
+        await chat.recordPresenceAtShutdown()
         await runtime.shutdown()
         hashing.shutdown()
         logger.info("stopped")

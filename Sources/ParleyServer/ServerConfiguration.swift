@@ -32,6 +32,8 @@ public enum ServerSetting: String, CaseIterable, Sendable {
     case rateLimit = "chat.rate_limit_per_second"
     case outboxFrames = "chat.outbox_frames"
     case maxBodyBytes = "messages.max_body_bytes"
+    case maxGroupMembers = "groups.max_members"
+    case presenceGrace = "presence.grace_seconds"
 
     public var defaultValue: String {
         switch self {
@@ -55,6 +57,8 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .rateLimit: "200"
         case .outboxFrames: "2000"
         case .maxBodyBytes: "65536"
+        case .maxGroupMembers: "100"
+        case .presenceGrace: "5"
         }
     }
 
@@ -80,6 +84,8 @@ public enum ServerSetting: String, CaseIterable, Sendable {
         case .rateLimit: "frames per second one connection may send, bursts of twice that (1-100000)"
         case .outboxFrames: "frames queued for a client that reads too slowly before it is closed with 4008 (1-1000000)"
         case .maxBodyBytes: "largest message body in bytes (1-1048576)"
+        case .maxGroupMembers: "most members a group may have (2-100)"
+        case .presenceGrace: "seconds a user stays online after their last connection closes, so quick reconnects do not flap (0-300)"
         }
     }
 
@@ -188,6 +194,8 @@ public struct ServerConfiguration: Sendable {
         _ = try integer(.idleTimeout, in: 2...7200)
         _ = try integer(.rateLimit, in: 1...100_000)
         _ = try integer(.outboxFrames, in: 1...1_000_000)
+        _ = try integer(.maxGroupMembers, in: 2...100)
+        _ = try integer(.presenceGrace, in: 0...300)
         _ = try integer(.maxBodyBytes, in: 1...1_048_576)
         let listeners = Set(self[.listeners].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard !listeners.isEmpty, listeners.isSubset(of: ["http", "chat"]) else {

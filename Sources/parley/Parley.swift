@@ -13,7 +13,7 @@ struct Parley: AsyncParsableCommand {
             Log in once; the token is kept in $PARLEY_CONFIG_DIR, else $XDG_CONFIG_HOME/parley, \
             else ~/.config/parley (credentials.json, readable by you only).
             """,
-        subcommands: [SignUp.self, LogIn.self, LogOut.self, Send.self, Follow.self, History.self, Chat.self, Devices.self]
+        subcommands: [SignUp.self, LogIn.self, LogOut.self, Send.self, Follow.self, History.self, Chat.self, Group.self, Presence.self, Devices.self]
     )
 }
 
@@ -103,7 +103,15 @@ extension Parley {
             try await reportErrors {
                 let session = try await ChatClientSession.connect()
                 try await session.catchUp(printing: true)
-                try await session.printLive(conversation: nil)
+                // PARLEY_FOLLOW_SECONDS bounds the live part (scripts and tests).
+                if let seconds = ProcessInfo.processInfo.environment["PARLEY_FOLLOW_SECONDS"].flatMap(Double.init) {
+                    let live = Task { try await session.printLive(conversation: nil) }
+                    try await Task.sleep(for: .seconds(seconds))
+                    live.cancel()
+                    await session.chat.close()
+                } else {
+                    try await session.printLive(conversation: nil)
+                }
             }
         }
     }
@@ -136,25 +144,7 @@ extension Parley {
             try await reportErrors {
                 let session = try await ChatClientSession.connect()
                 let conversation = try await session.chat.open(with: username)
-                try await session.catchUp(printing: false)
-                say("Chatting with \(username). Type a message and press Enter; Ctrl-D ends.")
-                let printer = Task { try await session.printLive(conversation: conversation) }
-                // Standard input is read on a thread of its own: readLine blocks.
-                let (lines, input) = AsyncStream<String>.makeStream()
-                Thread {
-                    while let line = readLine() { input.yield(line) }
-                    input.finish()
-                }.start()
-                for await line in lines {
-                    guard !line.isEmpty else { continue }
-                    do {
-                        _ = try await session.chat.send(conversation: conversation, body: line)
-                    } catch let error as ParleyError {
-                        printError("not sent: \(error)")
-                    }
-                }
-                printer.cancel()
-                await session.chat.close()
+                try await session.interactive(conversation: conversation, title: username)
             }
         }
     }

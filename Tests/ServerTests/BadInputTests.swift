@@ -59,6 +59,12 @@ struct BadInputTests {
             #expect(error.code == "too_large")
         }
         do {
+            _ = try await session.send(conversation: conversation, body: #"{"event":"members_added"}"#, contentType: "application/vnd.parley.event+json")
+            Issue.record("a client forged a membership event")
+        } catch let error as ParleyError {
+            #expect(error.code == "invalid_request", "the event content type is reserved for the server")
+        }
+        do {
             _ = try await session.send(conversation: "d:u_nobody:u_zzzz", body: "hi")
             Issue.record("a send to someone else's conversation was accepted")
         } catch let error as ParleyError {

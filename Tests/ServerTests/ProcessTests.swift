@@ -216,4 +216,34 @@ struct ProcessTests {
         #expect(error.status != 0 && error.output.contains("user nobody not found"), "server errors are shown in words")
         server.signal(SIGTERM)
     }
+
+    @Test func parleyManagesGroupsAndShowsPresence() async throws {
+        let server = ParleydProcess(dataFolder: scratchFolder(), settings: ["presence.grace_seconds=0"])
+        try server.start()
+        let parley = "\(ParleydProcess.binaries)/parley"
+        var homes: [String: [String: String]] = [:]
+        for name in ["alice", "bob", "carol"] {
+            let environment = ["PARLEY_SERVER": "http://127.0.0.1:\(server.httpPort)", "PARLEY_CONFIG_DIR": scratchFolder().path, "PARLEY_PASSWORD": "\(name) password"]
+            #expect(try runProgram(parley, ["signup", name], environment: environment).status == 0)
+            #expect(try runProgram(parley, ["login", name], environment: environment).status == 0)
+            homes[name] = environment
+        }
+        let alice = homes["alice"]!, bob = homes["bob"]!, carol = homes["carol"]!
+        let created = try runProgram(parley, ["group", "create", "club", "--members", "bob"], environment: alice)
+        #expect(created.status == 0 && created.output.contains("Created club: g:"), "\(created.output)")
+        #expect(try runProgram(parley, ["group", "add", "club", "carol"], environment: alice).status == 0)
+        let list = try runProgram(parley, ["group", "list"], environment: bob)
+        #expect(list.output.contains("club  (3 members)"), "\(list.output)")
+        #expect(try runProgram(parley, ["group", "send", "club", "hi all"], environment: alice).output.contains("sent #"))
+        let follow = try runProgram(parley, ["follow"], environment: carol.merging(["PARLEY_FOLLOW_SECONDS": "1"]) { $1 })
+        #expect(follow.output.contains("alice: hi all"), "\(follow.output)")
+        let refused = try runProgram(parley, ["group", "remove", "club", "alice"], environment: bob)
+        #expect(refused.status != 0 && refused.output.contains("(forbidden)"), "\(refused.output)")
+        #expect(try runProgram(parley, ["group", "leave", "club"], environment: carol).status == 0)
+        let info = try runProgram(parley, ["group", "info", "club"], environment: alice)
+        #expect(info.output.contains("alice  owner") && info.output.contains("bob  member") && !info.output.contains("carol"), "\(info.output)")
+        let presence = try runProgram(parley, ["presence", "bob", "nobody"], environment: alice)
+        #expect(presence.output.contains("bob: offline, last seen") && presence.output.contains("nobody: unknown"), "\(presence.output)")
+        server.signal(SIGTERM)
+    }
 }

@@ -1,0 +1,156 @@
+// Groups: the 100-member limit, fan-out to every device once, roles, and history
+// bounded by membership.
+import Foundation
+import ParleyClient
+import ParleyJSON
+import ParleyServer
+import Testing
+
+@Suite("Groups", .serialized)
+struct GroupTests {
+    private func create(_ session: ChatSession, _ name: String, members: [String]) async throws -> String {
+        let reply = try await session.request("group_create") { writer in
+            writer.field("name", name)
+            writer.beginArray("members")
+            for member in members { writer.element(member) }
+            writer.endArray()
+        }
+        return reply["conversation"]!.stringValue!
+    }
+
+    private func change(_ session: ChatSession, _ type: String, _ conversation: String, _ fields: @escaping (inout JSONWriter) -> Void = { _ in }) async throws -> JSONValue {
+        try await session.request(type) { writer in
+            writer.field("conversation", conversation)
+            fields(&writer)
+        }
+    }
+
+    private func code(_ body: () async throws -> Void) async -> String {
+        do {
+            try await body()
+            return "ok"
+        } catch let error as ParleyError {
+            return error.code
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func aHundredMembersWithTwoDevicesEachGetOneMessageExactlyOnceAndThe101stIsRefused() async throws {
+        let server = try await TestServer.start(["chat.rate_limit_per_second=100000"])
+        let names = (0..<100).map { "member\($0)" }
+        // Each account costs Argon2id hashes on two server threads: a few requests at a time
+        // keep every request well inside its timeout, however loaded the machine is.
+        let logins = try await withThrowingTaskGroup(of: (Int, [LoginInfo]).self) { group in
+            var all = [[LoginInfo]](repeating: [], count: names.count)
+            for (index, name) in names.enumerated() {
+                if index >= 4, let (done, logins) = try await group.next() { all[done] = logins }
+                group.addTask { (index, try await server.user(name, devices: ["phone", "laptop"])) }
+            }
+            for try await (index, logins) in group { all[index] = logins }
+            return all
+        }
+        _ = try await server.user("one-too-many")
+        var sessions: [ChatSession] = []
+        for login in logins.flatMap({ $0 }) { sessions.append(try await server.connect(login)) }
+        let inboxes = sessions.map { Inbox($0) }
+        let owner = sessions[0]
+        let conversation = try await create(owner, "everyone", members: Array(names.dropFirst()))
+        let info = try await change(owner, "group_info", conversation)
+        #expect(info["members"]?.arrayValue?.count == 100)
+
+        let refused = await code { _ = try await self.change(owner, "group_add", conversation) { $0.beginArray("members"); $0.element("one-too-many"); $0.endArray() } }
+        #expect(refused == "group_full", "the 101st member is refused")
+        #expect(try await change(owner, "group_info", conversation)["members"]?.arrayValue?.count == 100, "and nothing changed")
+
+        let ack = try await owner.send(conversation: conversation, body: "hello, all of you")
+        let sequence = ack["seq"]!.int64Value!
+        for (index, inbox) in inboxes.enumerated() {
+            let received = await inbox.waitForMessages(index == 0 ? 0 : 2, seconds: 10)
+            let copies = received.filter { $0["seq"]?.int64Value == sequence }
+            #expect(copies.count == (index == 0 ? 0 : 1), "device \(index) got the message \(copies.count) times")
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        for (index, inbox) in inboxes.enumerated() where index > 0 {
+            #expect(await inbox.messages.filter { $0["seq"]?.int64Value == sequence }.count == 1, "no duplicate on device \(index)")
+        }
+        for session in sessions { await session.close() }
+        await server.stop()
+    }
+
+    @Test func theLimitCanBeLowered() async throws {
+        let server = try await TestServer.start(["groups.max_members=3"])
+        let alice = try await server.user("alice")
+        for name in ["bob", "carol", "dave"] { _ = try await server.user(name) }
+        let session = try await server.connect(alice[0])
+        #expect(await code { _ = try await self.create(session, "too big", members: ["bob", "carol", "dave"]) } == "group_full")
+        let conversation = try await create(session, "small", members: ["bob", "carol"])
+        #expect(await code { _ = try await self.change(session, "group_add", conversation) { $0.beginArray("members"); $0.element("dave"); $0.endArray() } } == "group_full")
+        await session.close()
+        await server.stop()
+    }
+
+    @Test func rolesMembershipEventsAndHistoryFollowMembership() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.connect(try await server.user("olivia")[0])
+        let admin = try await server.connect(try await server.user("adam")[0])
+        let member = try await server.connect(try await server.user("mia")[0])
+        let outsider = try await server.connect(try await server.user("oscar")[0])
+        _ = try await server.user("nina")
+        let memberInbox = Inbox(member)
+        let conversation = try await create(owner, "team", members: ["adam", "mia"])
+        _ = try await change(owner, "group_set_role", conversation) { $0.field("member", "adam"); $0.field("role", "admin") }
+
+        // Outsiders can do nothing and learn nothing.
+        #expect(await code { _ = try await outsider.send(conversation: conversation, body: "let me in") } == "forbidden")
+        #expect(await code { _ = try await outsider.fetch(conversation: conversation, after: 0) } == "forbidden")
+        #expect(await code { _ = try await self.change(outsider, "group_info", conversation) } == "forbidden")
+        #expect(await code { _ = try await outsider.request("presence") { $0.field("conversation", conversation) } } == "forbidden")
+        #expect(await code { _ = try await self.change(outsider, "receipts", conversation) } == "forbidden")
+        #expect(await code { _ = try await self.change(outsider, "group_leave", conversation) } == "forbidden")
+        #expect(await code { _ = try await outsider.send(conversation: "g:gr_doesnotexist", body: "x") } == "not_found")
+
+        // Members cannot manage; admins can; the owner's rights are the owner's.
+        #expect(await code { _ = try await self.change(member, "group_add", conversation) { $0.beginArray("members"); $0.element("nina"); $0.endArray() } } == "forbidden")
+        #expect(await code { _ = try await self.change(member, "group_rename", conversation) { $0.field("name", "mine") } } == "forbidden")
+        #expect(await code { _ = try await self.change(admin, "group_remove", conversation) { $0.field("member", "olivia") } } == "forbidden")
+        #expect(await code { _ = try await self.change(admin, "group_set_role", conversation) { $0.field("member", "mia"); $0.field("role", "admin") } } == "forbidden")
+        #expect(await code { _ = try await self.change(admin, "group_delete", conversation) } == "forbidden")
+        #expect(await code { _ = try await self.change(owner, "group_leave", conversation) } == "owner_must_hand_over")
+
+        let before = try await owner.send(conversation: conversation, body: "before nina")
+        _ = try await change(admin, "group_add", conversation) { $0.beginArray("members"); $0.element("nina"); $0.endArray() }
+        let nina = try await server.connect(try await server.api.logIn(username: "nina", password: "password of nina", deviceName: "phone"))
+        let ninaView = try await nina.fetch(conversation: conversation, after: 0)
+        #expect(!ninaView.messages.contains { $0["seq"] == before["seq"] }, "a new member does not see history from before joining")
+        #expect(ninaView.messages.first?["body"]?.stringValue?.contains("members_added") == true, "their history starts with their own joining")
+
+        _ = try await change(admin, "group_remove", conversation) { $0.field("member", "mia") }
+        let after = try await owner.send(conversation: conversation, body: "after mia left")
+        let miaView = try await member.fetch(conversation: conversation, after: 0)
+        #expect(miaView.messages.contains { $0["seq"] == before["seq"] }, "a removed member keeps the history they saw")
+        #expect(!miaView.messages.contains { $0["seq"] == after["seq"] }, "but cannot read what came after removal")
+        #expect(await code { _ = try await member.send(conversation: conversation, body: "still here?") } == "forbidden")
+        try await Task.sleep(for: .milliseconds(300))
+        let miaLive = await memberInbox.messages.compactMap { $0["seq"]?.int64Value }
+        #expect(!miaLive.contains(after["seq"]!.int64Value!), "a removed member receives nothing after removal")
+        #expect(miaLive.contains { $0 > before["seq"]!.int64Value! }, "but is told of the removal itself")
+
+        // Every membership change is an event in the group's sequence, in order.
+        let history = try await owner.fetch(conversation: conversation, after: 0)
+        let events = history.messages.filter { $0["content_type"]?.stringValue == "application/vnd.parley.event+json" }
+            .compactMap { try? JSONParser.parse(Array(($0["body"]?.stringValue ?? "").utf8))["event"]?.stringValue }
+        #expect(events == ["created", "roles_changed", "members_added", "member_removed"])
+        let sequences = history.messages.compactMap { $0["seq"]?.int64Value }
+        #expect(sequences == Array(1...Int64(sequences.count)), "one gapless sequence for messages and events")
+
+        // Handing over ownership lets the old owner leave.
+        _ = try await change(owner, "group_set_role", conversation) { $0.field("member", "adam"); $0.field("role", "owner") }
+        _ = try await change(owner, "group_leave", conversation)
+        let remaining = try await change(admin, "group_info", conversation)["members"]?.arrayValue ?? []
+        #expect(remaining.compactMap { $0["username"]?.stringValue }.sorted() == ["adam", "nina"])
+        #expect(remaining.first { $0["username"]?.stringValue == "adam" }?["role"]?.stringValue == "owner")
+        for session in [owner, admin, member, outsider, nina] { await session.close() }
+        await server.stop()
+    }
+}

@@ -1,0 +1,137 @@
+// Presence, last seen, typing indicators and receipts.
+import Foundation
+import ParleyClient
+import ParleyJSON
+import ParleyServer
+import Testing
+
+@Suite("Presence and receipts", .serialized)
+struct PresenceTests {
+    private func presence(_ session: ChatSession, of usernames: [String]) async throws -> [String: JSONValue] {
+        let reply = try await session.request("presence") { writer in
+            writer.beginArray("users")
+            for name in usernames { writer.element(name) }
+            writer.endArray()
+        }
+        var result: [String: JSONValue] = [:]
+        for entry in reply["users"]?.arrayValue ?? [] { result[entry["username"]?.stringValue ?? ""] = entry }
+        return result
+    }
+
+    private func presenceEvents(_ inbox: Inbox) async -> [JSONValue] {
+        await inbox.others.compactMap { event in
+            if case .other(let frame) = event, frame["type"]?.stringValue == "presence" { return frame }
+            return nil
+        }
+    }
+
+    @Test func contactsSeeOnlineOfflineAndLastSeenWithoutFlappingAndOthersSeeNothing() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-presence-\(UUID().uuidString)")
+        var server = try await TestServer.start(["presence.grace_seconds=1"], dataFolder: folder)
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        let carol = try await server.user("carol")
+        let dave = try await server.user("dave")
+        let aliceSession = try await server.connect(alice[0])
+        let aliceInbox = Inbox(aliceSession)
+        // A conversation with a message makes alice and bob contacts.
+        _ = try await aliceSession.send(conversation: try await aliceSession.open(with: "bob"), body: "hi")
+        let daveSession = try await server.connect(dave[0])
+        let daveInbox = Inbox(daveSession)
+        // Dave shares only a group with bob: he may ask, but is not sent bob's changes.
+        _ = try await daveSession.request("group_create") { writer in
+            writer.field("name", "club")
+            writer.beginArray("members"); writer.element("bob"); writer.endArray()
+        }
+
+        var bobSession = try await server.connect(bob[0])
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(await presenceEvents(aliceInbox).last?["online"]?.boolValue == true, "alice is told bob came online")
+        #expect(try await presence(aliceSession, of: ["bob"])["bob"]?["status"]?.stringValue == "online")
+
+        // A quick reconnect within the grace period is not announced.
+        await bobSession.close()
+        bobSession = try await server.connect(bob[0])
+        try await Task.sleep(for: .milliseconds(1_500))
+        #expect(await presenceEvents(aliceInbox).count == 1, "no offline/online flap on a quick reconnect")
+
+        await bobSession.close()
+        try await Task.sleep(for: .milliseconds(1_800))
+        let offline = await presenceEvents(aliceInbox).last
+        #expect(offline?["online"]?.boolValue == false && offline?["last_seen"]?.int64Value != nil, "offline after the grace period, with last seen")
+        #expect(await presenceEvents(daveInbox).isEmpty, "group members are not sent presence changes")
+        let lastSeen = try await presence(aliceSession, of: ["bob"])["bob"]
+        #expect(lastSeen?["status"]?.stringValue == "offline" && lastSeen?["last_seen"]?.int64Value == offline?["last_seen"]?.int64Value)
+        let club = try await daveSession.request("sync")["conversations"]?.arrayValue?.first?["conversation"]?.stringValue ?? ""
+        let group = try await daveSession.request("presence") { $0.field("conversation", club) }
+        #expect(group["users"]?.arrayValue?.first?["status"]?.stringValue == "offline", "group members fetch presence on demand")
+
+        // Privacy: carol shares nothing with alice; she gets the answer for an unknown user.
+        let carolSession = try await server.connect(carol[0])
+        let carolView = try await presence(carolSession, of: ["alice", "nobody-at-all"])
+        #expect(carolView["alice"]?["status"]?.stringValue == "unknown")
+        #expect(carolView["alice"]?["user"] == nil)
+        #expect(carolView["alice"]?["status"] == carolView["nobody-at-all"]?["status"])
+
+        // Last seen survives a restart.
+        for session in [aliceSession, daveSession, carolSession] { await session.close() }
+        await server.stop()
+        server = try await TestServer.start(["presence.grace_seconds=1"], dataFolder: folder)
+        let again = try await server.connect(try await server.api.logIn(username: "alice", password: "password of alice", deviceName: "phone"))
+        #expect(try await presence(again, of: ["bob"])["bob"]?["last_seen"]?.int64Value == offline?["last_seen"]?.int64Value)
+        await again.close()
+        await server.stop()
+    }
+
+    @Test func readReceiptsMoveUnreadCountsOnTheReadersOtherDevicesAndReachThePeer() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice", devices: ["phone", "laptop"])
+        let bob = try await server.user("bob")
+        let bobSession = try await server.connect(bob[0])
+        let bobInbox = Inbox(bobSession)
+        let phone = try await server.connect(alice[0])
+        let laptop = try await server.connect(alice[1])
+        let laptopInbox = Inbox(laptop)
+        let conversation = try await bobSession.open(with: "alice")
+        for index in 1...5 { _ = try await bobSession.send(conversation: conversation, body: "m\(index)") }
+        #expect(try await laptop.request("sync")["conversations"]?.arrayValue?.first?["unread"]?.int64Value == 5)
+
+        // Typing is relayed, never stored.
+        _ = try await phone.request("typing") { $0.field("conversation", conversation); $0.field("typing", true) }
+        try await Task.sleep(for: .milliseconds(200))
+        let typing = await bobInbox.others.compactMap { event -> JSONValue? in
+            if case .other(let frame) = event, frame["type"]?.stringValue == "typing" { return frame }
+            return nil
+        }
+        #expect(typing.first?["typing"]?.boolValue == true && typing.first?["expires_in_ms"]?.int64Value == 8000)
+        #expect(try await bobSession.fetch(conversation: conversation, after: 0).messages.count == 5, "typing is not stored")
+
+        let ack = try await phone.request("receipt") { writer in
+            writer.field("conversation", conversation)
+            writer.field("kind", "read")
+            writer.field("seq", 3)
+        }
+        #expect(ack["seq"]?.int64Value == 3)
+        try await Task.sleep(for: .milliseconds(200))
+        let onLaptop = await laptopInbox.others.contains { event in
+            if case .other(let frame) = event { return frame["type"]?.stringValue == "receipt" && frame["seq"]?.int64Value == 3 }
+            return false
+        }
+        #expect(onLaptop, "the reader's other device is told")
+        #expect(try await laptop.request("sync")["conversations"]?.arrayValue?.first?["unread"]?.int64Value == 2, "unread moved on the other device")
+        let toBob = await bobInbox.others.contains { event in
+            if case .other(let frame) = event { return frame["type"]?.stringValue == "receipt" && frame["user"]?.stringValue == alice[0].userID }
+            return false
+        }
+        #expect(toBob, "the other party is notified")
+        _ = try await phone.request("receipt") { writer in
+            writer.field("conversation", conversation)
+            writer.field("kind", "read")
+            writer.field("seq", 1)
+        }
+        let receipts = try await bobSession.request("receipts") { $0.field("conversation", conversation) }
+        #expect(receipts["members"]?.arrayValue?.first { $0["user"]?.stringValue == alice[0].userID }?["read_seq"]?.int64Value == 3, "a read cursor never moves back")
+        for session in [bobSession, phone, laptop] { await session.close() }
+        await server.stop()
+    }
+}
