@@ -77,8 +77,9 @@ final class BenchSession: @unchecked Sendable {
         return endpoint
     }
 
-    /// Connects one connection per token, spread over the event loops, at most `concurrency` at a time.
-    func connect(tokens: [String], concurrency: Int = 256) async throws -> [BenchConnection] {
+    /// Connects one connection per token, spread over the event loops, at most `concurrency`
+    /// at a time; `starting` is told the index of each connection as it starts.
+    func connect(tokens: [String], concurrency: Int = 256, starting: @escaping @Sendable (Int) -> Void = { _ in }) async throws -> [BenchConnection] {
         let endpoint = try await chat()
         var connections = [BenchConnection?](repeating: nil, count: tokens.count)
         try await withThrowingTaskGroup(of: (Int, BenchConnection).self) { tasks in
@@ -88,7 +89,10 @@ final class BenchSession: @unchecked Sendable {
                 while next < tokens.count, next - finished < concurrency {
                     let index = next
                     let loop = group.next()
-                    tasks.addTask { (index, try await BenchConnection.connect(to: endpoint, token: tokens[index], on: loop).get()) }
+                    tasks.addTask {
+                        starting(index)
+                        return (index, try await BenchConnection.connect(to: endpoint, token: tokens[index], on: loop).get())
+                    }
                     next += 1
                 }
                 guard let (index, connection) = try await tasks.next() else { break }

@@ -43,7 +43,10 @@ final class MessageSender: @unchecked Sendable {
         var ring = 1
         while ring < window { ring <<= 1 }
         sendTimes = [UInt64](repeating: 0, count: ring)
-        connection.onFrame = { [unowned self] frame in self.received(frame) }
+        // Frames that are not replies to sends go on to whoever handled them before
+        // (the receiver of a group member that also sends).
+        let others = connection.onFrame
+        connection.onFrame = { [unowned self] frame in self.received(frame, others: others) }
     }
 
     /// Sends as fast as acks come back, keeping the window full.
@@ -109,7 +112,7 @@ final class MessageSender: @unchecked Sendable {
         counters.sent.add(1, ordering: .relaxed)
     }
 
-    private func received(_ frame: FrameScanner) {
+    private func received(_ frame: FrameScanner, others: (FrameScanner) -> Void) {
         if frame.string("type", equals: "ack") {
             let now = MonotonicClock.nanoseconds()
             if let (number, _) = frame.integer("id"), measurement.contains(now) {
@@ -123,6 +126,7 @@ final class MessageSender: @unchecked Sendable {
             if firstError == nil { firstError = frame.text("message") }
             counters.errors.add(1, ordering: .relaxed)
         } else {
+            others(frame)
             return
         }
         inFlight -= 1

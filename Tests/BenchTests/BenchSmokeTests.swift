@@ -73,6 +73,22 @@ struct BenchSmokeTests {
         #expect(run["delivered_per_second"] > 120 && run["delivered_per_second"] < 280)
     }
 
+    @Test func groupFansEveryMessageOutToEveryOtherMember() throws {
+        let run = try BenchRun(["group", "--members", "6", "--senders", "2", "--window", "4", "--duration", "1", "--warmup", "0.3"])
+        #expect(run["acked_per_second"] > 5)
+        #expect(run["messages_delivered"] == run["messages_acked"] * 5, "each message reaches the five other members")
+        #expect(run["delivered_per_second"] > run["acked_per_second"])
+        #expect(run["errors"] == 0 && run["out_of_order"] == 0)
+        #expect(run["server_cpu_us_per_sent_message"] > run["server_cpu_us_per_message"])
+    }
+
+    @Test func presenceTellsEveryContactWhenSubjectsComeAndGo() throws {
+        let run = try BenchRun(["presence", "--subjects", "6", "--contacts", "2", "--grace", "1", "--server-set", "presence.grace_seconds=1"])
+        #expect(run["online_events"] == 12 && run["offline_events"] == 12)
+        #expect(run["online_p50_ms"] > 0 && run["online_p50_ms"] <= run["online_max_ms"])
+        #expect(run["offline_p50_ms"] >= 1_000, "offline comes after the grace period")
+    }
+
     @Test func syncCatchesUpEveryMissedMessageThroughFetchPages() throws {
         let run = try BenchRun(["sync", "--messages", "300", "--page", "100", "--rounds", "1"])
         #expect(run["pages"] == 3, "300 missed messages in pages of 100")

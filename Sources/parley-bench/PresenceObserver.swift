@@ -1,0 +1,50 @@
+import Synchronization
+
+/// When each subject of the presence scenario connected or disconnected, by username;
+/// written by the scenario, read by the observers' event loops.
+final class PresenceTimeline: Sendable {
+    private let connected = Mutex<[String: UInt64]>([:])
+    private let disconnected = Mutex<[String: UInt64]>([:])
+
+    func markConnecting(_ username: String, at time: UInt64) {
+        connected.withLock { $0[username] = time }
+    }
+
+    func markDisconnecting(_ username: String, at time: UInt64) {
+        disconnected.withLock { $0[username] = time }
+    }
+
+    func connectTime(_ username: String) -> UInt64? { connected.withLock { $0[username] } }
+    func disconnectTime(_ username: String) -> UInt64? { disconnected.withLock { $0[username] } }
+}
+
+/// A contact's connection in the presence scenario: times each `presence` event from
+/// the subject's connect (online) or disconnect (offline). Confined to its event loop.
+final class PresenceObserver: @unchecked Sendable {
+    let connection: BenchConnection
+    private let timeline: PresenceTimeline
+    private let counters: LiveCounters
+    private(set) var online = LatencyHistogram()
+    private(set) var offline = LatencyHistogram()
+
+    init(connection: BenchConnection, timeline: PresenceTimeline, counters: LiveCounters) {
+        self.connection = connection
+        self.timeline = timeline
+        self.counters = counters
+        connection.onFrame = { [unowned self] frame in self.received(frame) }
+    }
+
+    private func received(_ frame: FrameScanner) {
+        guard frame.string("type", equals: "presence"), let username = frame.text("username") else { return }
+        let now = MonotonicClock.nanoseconds()
+        if frame.isTrue("online") {
+            guard let start = timeline.connectTime(username) else { return }
+            online.record(nanoseconds: now &- start)
+            counters.delivered.add(1, ordering: .relaxed)
+        } else {
+            guard let start = timeline.disconnectTime(username) else { return }
+            offline.record(nanoseconds: now &- start)
+            counters.acked.add(1, ordering: .relaxed)
+        }
+    }
+}
