@@ -5,13 +5,15 @@ import Foundation
 import ParleyClient
 import Synchronization
 
-/// The accounts file of one server, and the provisioning that tops it up.
+/// The accounts file of one server and pool, and the provisioning that tops it up.
 final class AccountStore: @unchecked Sendable {
     private let file: URL
+    private let pool: AccountPool
     private(set) var accounts: [BenchAccount]
 
-    init(file: URL) throws {
+    init(file: URL, pool: AccountPool) throws {
         self.file = file
+        self.pool = pool
         if let data = try? Data(contentsOf: file) {
             accounts = try JSONDecoder().decode([BenchAccount].self, from: data)
         } else {
@@ -26,11 +28,6 @@ final class AccountStore: @unchecked Sendable {
     }
 
     static let password = "parley-bench password"
-
-    static func username(_ index: Int) -> String {
-        let digits = String(index)
-        return "bench" + String(repeating: "0", count: max(0, 6 - digits.count)) + digits
-    }
 
     /// Makes sure at least `count` accounts exist, signing up and logging in the missing
     /// ones through the HTTP API, `concurrency` at a time. A username the server already
@@ -48,7 +45,8 @@ final class AccountStore: @unchecked Sendable {
                 // Started but not finished: neither appended nor waiting for an earlier one.
                 while next < count, next - accounts.count - created.count < concurrency {
                     let index = next
-                    group.addTask { (index, try await Self.create(index, api: api)) }
+                    let username = pool.username(index)
+                    group.addTask { (index, try await Self.create(username, api: api)) }
                     next += 1
                 }
                 guard let (index, account) = try await group.next() else { break }
@@ -69,8 +67,7 @@ final class AccountStore: @unchecked Sendable {
         return Array(accounts.prefix(count))
     }
 
-    private static func create(_ index: Int, api: ParleyAPI) async throws -> BenchAccount {
-        let username = username(index)
+    private static func create(_ username: String, api: ParleyAPI) async throws -> BenchAccount {
         try await retryingWhenBusy {
             do {
                 try await api.signUp(username: username, password: password)

@@ -11,13 +11,13 @@ final class BenchSession: @unchecked Sendable {
     let server: ServerUnderTest
     let group: MultiThreadedEventLoopGroup
     let stateFolder: URL
-    private let store: AccountStore
+    private let stores: [AccountPool: AccountStore]
     private var chatEndpoint: ChatEndpoint?
 
-    private init(options: BenchOptions, server: ServerUnderTest, store: AccountStore, stateFolder: URL) {
+    private init(options: BenchOptions, server: ServerUnderTest, stores: [AccountPool: AccountStore], stateFolder: URL) {
         self.options = options
         self.server = server
-        self.store = store
+        self.stores = stores
         self.stateFolder = stateFolder
         chatEndpoint = server.chat
         group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
@@ -30,21 +30,27 @@ final class BenchSession: @unchecked Sendable {
         let stateFolder = URL(fileURLWithPath: options.state).standardizedFileURL
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         let server: ServerUnderTest
-        let accountsFile: URL
+        let accountsPrefix: String
         if let url = options.server {
             server = .running(at: url, pid: options.serverPID)
             let name = url.replacingOccurrences(of: "://", with: "-").map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }
-            accountsFile = stateFolder.appendingPathComponent("accounts-\(String(name)).json")
+            accountsPrefix = "accounts-\(String(name))-"
         } else {
             let dataFolder = stateFolder.appendingPathComponent("server-data")
-            accountsFile = stateFolder.appendingPathComponent("accounts.json")
+            accountsPrefix = "accounts-"
             // Accounts of a data folder that is gone are worthless.
-            if !FileManager.default.fileExists(atPath: dataFolder.path) { try? FileManager.default.removeItem(at: accountsFile) }
+            if !FileManager.default.fileExists(atPath: dataFolder.path) {
+                for pool in AccountPool.allCases { try? FileManager.default.removeItem(at: stateFolder.appendingPathComponent("\(accountsPrefix)\(pool.rawValue).json")) }
+            }
             server = try .start(
                 dataFolder: dataFolder, log: stateFolder.appendingPathComponent("parleyd.log"), core: options.serverCPU,
                 pidFile: stateFolder.appendingPathComponent("parleyd.pid"), settings: options.serverSettings)
         }
-        let session = BenchSession(options: options, server: server, store: try AccountStore(file: accountsFile), stateFolder: stateFolder)
+        var stores: [AccountPool: AccountStore] = [:]
+        for pool in AccountPool.allCases {
+            stores[pool] = try AccountStore(file: stateFolder.appendingPathComponent("\(accountsPrefix)\(pool.rawValue).json"), pool: pool)
+        }
+        let session = BenchSession(options: options, server: server, stores: stores, stateFolder: stateFolder)
         let report: BenchReport
         do {
             report = try await scenario(session)
@@ -60,15 +66,15 @@ final class BenchSession: @unchecked Sendable {
 
     var api: ParleyAPI { ParleyAPI(baseURL: server.httpURL) }
 
-    /// The first `count` benchmark accounts, creating the missing ones.
-    func accounts(_ count: Int) async throws -> [BenchAccount] {
-        try await store.provision(count, api: api)
+    /// The first `count` accounts of a scenario's pool, creating the missing ones.
+    func accounts(_ count: Int, of pool: AccountPool) async throws -> [BenchAccount] {
+        try await stores[pool]!.provision(count, api: api)
     }
 
     /// The chat listener: from the started server's output, or from a log-in reply.
     func chat() async throws -> ChatEndpoint {
         if let chatEndpoint { return chatEndpoint }
-        let account = try await accounts(1)[0]
+        let account = try await accounts(1, of: .connections)[0]
         let login = try await api.logIn(username: account.username, password: account.password, deviceName: "parley-bench discovery")
         // That log-in made a device nobody uses; revoke it again.
         _ = try? await api.call("POST", "/v1/logout", token: login.token)

@@ -22,7 +22,7 @@ struct DirectScenario: AsyncParsableCommand {
     }
 
     private func measure(in session: BenchSession) async throws -> BenchReport {
-        let accounts = try await session.accounts(pairs * 2)
+        let accounts = try await session.accounts(pairs * 2, of: .direct)
         let connections = try await session.connect(tokens: accounts.map(\.token))
         let flow = MessageFlow(options: flowOptions)
         for pair in 0..<pairs {

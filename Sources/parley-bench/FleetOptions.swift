@@ -26,7 +26,7 @@ struct FleetOptions: ParsableArguments {
 
     /// Provisions the devices and starts the worker processes holding one connection per token.
     func launch(in session: BenchSession) async throws -> WorkerFleet {
-        let accounts = try await session.accounts(min(devices, connections))
+        let accounts = try await session.accounts(min(devices, connections), of: .connections)
         let tokens = (0..<connections).map { accounts[$0 % accounts.count].token }
         return try WorkerFleet(
             chat: try await session.chat(), tokens: tokens, perProcess: perProcess, stateFolder: session.stateFolder,

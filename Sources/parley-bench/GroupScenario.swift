@@ -30,7 +30,7 @@ struct GroupScenario: AsyncParsableCommand {
     }
 
     private func measure(in session: BenchSession) async throws -> BenchReport {
-        let accounts = try await session.accounts(members)
+        let accounts = try await session.accounts(members, of: .group)
         let connections = try await session.connect(tokens: accounts.map(\.token))
         let reply = try await connections[0].call("group_create", id: "create", expecting: "group_updated") { writer in
             writer.field("name", "parley-bench")

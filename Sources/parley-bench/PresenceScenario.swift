@@ -33,7 +33,7 @@ struct PresenceScenario: AsyncParsableCommand {
     }
 
     private func measure(in session: BenchSession) async throws -> BenchReport {
-        let accounts = try await session.accounts(contacts + subjects)
+        let accounts = try await session.accounts(contacts + subjects, of: .presence)
         let observerAccounts = Array(accounts.prefix(contacts)), subjectAccounts = Array(accounts.dropFirst(contacts))
         try await makeContacts(subjectAccounts, observerAccounts, in: session)
         // Subjects were online for that: wait until the server counts them offline.

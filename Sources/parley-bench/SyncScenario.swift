@@ -45,7 +45,7 @@ struct SyncScenario: AsyncParsableCommand {
     }
 
     private func measure(in session: BenchSession) async throws -> BenchReport {
-        let accounts = try await session.accounts(2)
+        let accounts = try await session.accounts(2, of: .sync)
         let sender = accounts[0], receiver = accounts[1]
         let endpoint = try await session.chat()
         let sending = try await session.connect(tokens: [sender.token])[0]
