@@ -1,10 +1,12 @@
 import Synchronization
 
-/// When each subject of the presence scenario connected or disconnected, by username;
-/// written by the scenario, read by the observers' event loops.
+/// When each subject of the presence scenario connected or disconnected, by username,
+/// written by the scenario; and how many events the observers have seen so far.
 final class PresenceTimeline: Sendable {
     private let connected = Mutex<[String: UInt64]>([:])
     private let disconnected = Mutex<[String: UInt64]>([:])
+    let onlineEvents = Atomic<Int>(0)
+    let offlineEvents = Atomic<Int>(0)
 
     func markConnecting(_ username: String, at time: UInt64) {
         connected.withLock { $0[username] = time }
@@ -23,14 +25,12 @@ final class PresenceTimeline: Sendable {
 final class PresenceObserver: @unchecked Sendable {
     let connection: BenchConnection
     private let timeline: PresenceTimeline
-    private let counters: LiveCounters
     private(set) var online = LatencyHistogram()
     private(set) var offline = LatencyHistogram()
 
-    init(connection: BenchConnection, timeline: PresenceTimeline, counters: LiveCounters) {
+    init(connection: BenchConnection, timeline: PresenceTimeline) {
         self.connection = connection
         self.timeline = timeline
-        self.counters = counters
         connection.onFrame = { [unowned self] frame in self.received(frame) }
     }
 
@@ -40,11 +40,11 @@ final class PresenceObserver: @unchecked Sendable {
         if frame.isTrue("online") {
             guard let start = timeline.connectTime(username) else { return }
             online.record(nanoseconds: now &- start)
-            counters.delivered.add(1, ordering: .relaxed)
+            timeline.onlineEvents.add(1, ordering: .relaxed)
         } else {
             guard let start = timeline.disconnectTime(username) else { return }
             offline.record(nanoseconds: now &- start)
-            counters.acked.add(1, ordering: .relaxed)
+            timeline.offlineEvents.add(1, ordering: .relaxed)
         }
     }
 }

@@ -40,27 +40,26 @@ struct PresenceScenario: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(grace + 1))
 
         let timeline = PresenceTimeline()
-        let counters = LiveCounters()
         let observerConnections = try await session.connect(tokens: observerAccounts.map(\.token))
         var observers: [PresenceObserver] = []
         for connection in observerConnections {
-            observers.append(try await connection.eventLoop.submit { PresenceObserver(connection: connection, timeline: timeline, counters: counters) }.get())
+            observers.append(try await connection.eventLoop.submit { PresenceObserver(connection: connection, timeline: timeline) }.get())
         }
         let expected = subjects * contacts
-        let progress = ProgressLine("presence") { "online events \(counters.delivered.load(ordering: .relaxed)), offline events \(counters.acked.load(ordering: .relaxed)) of \(expected)" }
+        let progress = ProgressLine("presence") { "online events \(timeline.onlineEvents.load(ordering: .relaxed)), offline events \(timeline.offlineEvents.load(ordering: .relaxed)) of \(expected)" }
         defer { progress.stop() }
 
         let before = session.cpuSnapshot()
         let subjectConnections = try await session.connect(tokens: subjectAccounts.map(\.token)) { index in
             timeline.markConnecting(subjectAccounts[index].username, at: MonotonicClock.nanoseconds())
         }
-        try await waitUntil(expected, counters.delivered, seconds: 30)
+        try await waitUntil(expected, timeline.onlineEvents, seconds: 30)
         let allOnline = session.cpuSnapshot()
         for (account, connection) in zip(subjectAccounts, subjectConnections) {
             timeline.markDisconnecting(account.username, at: MonotonicClock.nanoseconds())
             await connection.closeAndWait()
         }
-        try await waitUntil(expected, counters.acked, seconds: grace + 30)
+        try await waitUntil(expected, timeline.offlineEvents, seconds: grace + 30)
         let allOffline = session.cpuSnapshot()
 
         var online = LatencyHistogram(), offline = LatencyHistogram()
