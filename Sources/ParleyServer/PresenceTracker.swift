@@ -23,6 +23,8 @@ final class PresenceTracker: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Set at shutdown: offline checks still pending then have nothing left to do.
+    private let stopped = Atomic<Bool>(false)
     private let storage: StorageBackend
     private let grace: Duration
     /// Sends an event to every connection of a user.
@@ -82,6 +84,7 @@ final class PresenceTracker: Sendable {
 
     /// `lastSeen` is when the last connection closed, not when the grace period ended.
     private func goOffline(_ userID: String, username: String, token: UInt64, lastSeen: Int64) {
+        guard !stopped.load(ordering: .acquiring) else { return }
         let watchers: Set<String>? = state.withLock { state in
             guard state.leaving[userID] == token else { return nil }
             state.leaving[userID] = nil
@@ -111,6 +114,7 @@ final class PresenceTracker: Sendable {
 
     /// At shutdown: everyone still online was last seen now.
     func recordEveryoneOffline() async {
+        stopped.store(true, ordering: .releasing)
         let users = state.withLock { Array($0.connections.keys) }
         await store(lastSeen: currentTimeMillis(), of: users)
     }
