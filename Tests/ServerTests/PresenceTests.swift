@@ -27,7 +27,7 @@ struct PresenceTests {
 
     @Test func contactsSeeOnlineOfflineAndLastSeenWithoutFlappingAndOthersSeeNothing() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-presence-\(UUID().uuidString)")
-        var server = try await TestServer.start(["presence.grace_seconds=1"], dataFolder: folder)
+        var server = try await TestServer.start(["presence.grace_seconds=3"], dataFolder: folder)
         let alice = try await server.user("alice")
         let bob = try await server.user("bob")
         let carol = try await server.user("carol")
@@ -52,11 +52,11 @@ struct PresenceTests {
         // A quick reconnect within the grace period is not announced.
         await bobSession.close()
         bobSession = try await server.connect(bob[0])
-        try await Task.sleep(for: .milliseconds(1_500))
+        try await Task.sleep(for: .milliseconds(3_500))
         #expect(await presenceEvents(aliceInbox).count == 1, "no offline/online flap on a quick reconnect")
 
         await bobSession.close()
-        try await Task.sleep(for: .milliseconds(1_800))
+        try await Task.sleep(for: .milliseconds(4_500))
         let offline = await presenceEvents(aliceInbox).last
         #expect(offline?["online"]?.boolValue == false && offline?["last_seen"]?.int64Value != nil, "offline after the grace period, with last seen")
         #expect(await presenceEvents(daveInbox).isEmpty, "group members are not sent presence changes")
@@ -76,7 +76,7 @@ struct PresenceTests {
         // Last seen survives a restart.
         for session in [aliceSession, daveSession, carolSession] { await session.close() }
         await server.stop()
-        server = try await TestServer.start(["presence.grace_seconds=1"], dataFolder: folder)
+        server = try await TestServer.start(["presence.grace_seconds=3"], dataFolder: folder)
         let again = try await server.connect(try await server.api.logIn(username: "alice", password: "password of alice", deviceName: "phone"))
         #expect(try await presence(again, of: ["bob"])["bob"]?["last_seen"]?.int64Value == offline?["last_seen"]?.int64Value)
         await again.close()
