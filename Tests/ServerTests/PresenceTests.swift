@@ -45,7 +45,10 @@ struct PresenceTests {
         }
 
         var bobSession = try await server.connect(bob[0])
-        try await Task.sleep(for: .milliseconds(300))
+        let onlineBy = ContinuousClock.now + .seconds(30)
+        while await presenceEvents(aliceInbox).isEmpty, ContinuousClock.now < onlineBy {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         #expect(await presenceEvents(aliceInbox).last?["online"]?.boolValue == true, "alice is told bob came online")
         #expect(try await presence(aliceSession, of: ["bob"])["bob"]?["status"]?.stringValue == "online")
 
@@ -56,7 +59,11 @@ struct PresenceTests {
         #expect(await presenceEvents(aliceInbox).count == 1, "no offline/online flap on a quick reconnect")
 
         await bobSession.close()
-        try await Task.sleep(for: .milliseconds(4_500))
+        // Offline comes after the grace period; a loaded machine may take longer still.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while await presenceEvents(aliceInbox).last?["online"]?.boolValue != false, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         let offline = await presenceEvents(aliceInbox).last
         #expect(offline?["online"]?.boolValue == false && offline?["last_seen"]?.int64Value != nil, "offline after the grace period, with last seen")
         #expect(await presenceEvents(daveInbox).isEmpty, "group members are not sent presence changes")
