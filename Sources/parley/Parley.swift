@@ -200,5 +200,12 @@ func format(_ message: JSONValue) -> String {
     let formatter = DateFormatter()
     formatter.dateFormat = "HH:mm:ss"
     let time = formatter.string(from: Date(timeIntervalSince1970: seconds))
-    return "[\(time)] \(message["sender"]?.stringValue ?? "?"): \(message["body"]?.stringValue ?? "")"
+    let sender = message["sender"]?.stringValue ?? "?"
+    // Membership events carry JSON for programs; people get one line of words.
+    if message["content_type"]?.stringValue == "application/vnd.parley.event+json",
+        let event = try? JSONParser.parse(Array((message["body"]?.stringValue ?? "").utf8)) {
+        let names = (event["members"]?.arrayValue ?? []).compactMap { $0["username"]?.stringValue }.joined(separator: ", ")
+        return "[\(time)] * \(sender) \(event["event"]?.stringValue ?? "changed the group") \(names)".trimmingCharacters(in: .whitespaces)
+    }
+    return "[\(time)] \(sender): \(message["body"]?.stringValue ?? "")"
 }
