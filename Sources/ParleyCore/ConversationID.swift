@@ -22,15 +22,23 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses an identifier a client sent; nil when it is not one.
     public init?(_ text: String) {
-        guard text.utf8.count <= 160 else { return nil }
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        if parts.count == 2, parts[0] == "g", parts[1].utf8.count >= 3, parts[1].utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) {
+        let utf8 = text.utf8
+        guard utf8.count <= 160, utf8.count > 2 else { return nil }
+        let rest = Substring(text).utf8.dropFirst(2)
+        if text.hasPrefix("g:") {
+            guard rest.count >= 3, rest.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else { return nil }
             self.init(rawValue: text, kind: .group, participants: [])
             return
         }
-        guard parts.count == 3, parts[0] == "d", !parts[1].isEmpty, !parts[2].isEmpty, parts[1] <= parts[2] else { return nil }
-        self.init(rawValue: text, kind: .direct, participants: parts[1] == parts[2] ? [String(parts[1])] : [String(parts[1]), String(parts[2])])
+        guard text.hasPrefix("d:"), let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let first = Substring(rest[..<colon]), second = Substring(rest[rest.index(after: colon)...])
+        guard !first.isEmpty, !second.isEmpty, !second.utf8.contains(UInt8(ascii: ":")), first <= second else { return nil }
+        self.init(rawValue: text, kind: .direct, participants: first == second ? [String(first)] : [String(first), String(second)])
     }
+
+    /// The raw value names the conversation: equality and hashing use it alone.
+    public static func == (lhs: ConversationID, rhs: ConversationID) -> Bool { lhs.rawValue == rhs.rawValue }
+    public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
 
     private init(rawValue: String, kind: Kind, participants: [String]) {
         self.rawValue = rawValue

@@ -90,16 +90,38 @@ public final class MessageLog: Sendable {
         func resume(returning result: Result<(SendAck, StoredMessage?), ChatError>) { completion(result) }
     }
 
-    private struct State {
+    private struct Conversation {
         var lastSequence: Int64?
         var members: ConversationMembers?
         var queue: [Pending] = []
+        /// Its last sequence and members are being read.
+        var loading = false
+        /// A batch of it is in storage; the next waits, since its sequences follow.
         var writing = false
+        /// It is in `State.ready`.
+        var listed = false
+    }
+
+    private struct State {
+        var conversations: [ConversationID: Conversation] = [:]
+        /// Loaded conversations with sends queued and no batch in storage, in arrival order.
+        var ready: [ConversationID] = []
+        /// A job that turns every ready conversation into a storage batch is queued on
+        /// the plugin workers.
+        var jobQueued = false
+    }
+
+    /// A batch of one conversation on its way to storage.
+    private struct Batch {
+        var conversation: ConversationID
+        var pending: [Pending]
+        var after: Int64
+        var members: ConversationMembers
     }
 
     public let limits: Limits
     private let storage: StorageBackend
-    private let states = Mutex<[ConversationID: State]>([:])
+    private let state = Mutex(State())
     private let membersLoader = Mutex<(@Sendable (ConversationID) async throws -> ConversationMembers)?>(nil)
 
     /// Installs how a conversation's members are read, once per conversation before its
@@ -139,6 +161,11 @@ public final class MessageLog: Sendable {
 
     /// Queues a send; `completion` runs once, on any thread, after the message is
     /// durable (or failed). Invalid requests complete at once with their error.
+    ///
+    /// The path to storage has no task and no wait: `submit` queues the send under a
+    /// lock, one job on the plugin workers turns the queues of every ready conversation
+    /// into one batch each, and each batch's completion runs on the thread that
+    /// finishes it (for storage-sqlite, its writer thread, after the group commit).
     public func submit(_ request: SendRequest, completion: @escaping Completion) {
         do {
             try validate(request)
@@ -147,55 +174,98 @@ public final class MessageLog: Sendable {
             return
         }
         let conversation = request.conversation
-        let startDrain = states.withLock { states in
-            states[conversation, default: State()].queue.append(Pending(request: request, completion: completion))
-            guard states[conversation]?.writing == false else { return false }
-            states[conversation]?.writing = true
-            return true
+        let (load, startJob) = state.withLock { state in
+            state.conversations[conversation, default: Conversation()].queue.append(Pending(request: request, completion: completion))
+            return (Self.startLoadIfNeeded(conversation, &state), Self.markReady(conversation, &state))
         }
-        if startDrain { Task { await self.drain(conversation) } }
+        if load { startLoad(conversation) }
+        if startJob { queueJob() }
     }
 
-    private enum Next {
-        case load
-        case write([Pending], after: Int64, members: ConversationMembers)
-        case done
+    /// Marks the conversation for loading when nothing is known of it yet.
+    private static func startLoadIfNeeded(_ conversation: ConversationID, _ state: inout State) -> Bool {
+        guard let entry = state.conversations[conversation], !entry.loading, entry.lastSequence == nil || entry.members == nil else { return false }
+        state.conversations[conversation]!.loading = true
+        return true
     }
 
-    private func drain(_ conversation: ConversationID) async {
-        while true {
-            let next: Next = states.withLock { states in
-                guard let state = states[conversation], !state.queue.isEmpty else {
-                    states[conversation]?.writing = false
-                    if states.count > 100_000 { states[conversation] = nil }
-                    return .done
+    /// Lists the conversation as ready when it can take a batch now; true when the
+    /// caller must queue the job.
+    private static func markReady(_ conversation: ConversationID, _ state: inout State) -> Bool {
+        guard let entry = state.conversations[conversation], !entry.queue.isEmpty, !entry.writing, !entry.listed,
+            entry.lastSequence != nil, entry.members != nil
+        else { return false }
+        state.conversations[conversation]!.listed = true
+        state.ready.append(conversation)
+        guard !state.jobQueued else { return false }
+        state.jobQueued = true
+        return true
+    }
+
+    private func queueJob() {
+        do {
+            try storage.onWorker { self.runJob() }
+        } catch {
+            // The workers are full or stopping: fail what waits instead of keeping it forever.
+            let failed = state.withLock { state in
+                state.jobQueued = false
+                var failed: [Pending] = []
+                for conversation in state.ready {
+                    failed += state.conversations[conversation]?.queue ?? []
+                    state.conversations[conversation]?.queue.removeAll()
+                    state.conversations[conversation]?.listed = false
                 }
-                guard let last = state.lastSequence, let members = state.members else { return .load }
-                let take = min(state.queue.count, limits.maxMessagesPerBatch)
-                let batch = Array(state.queue.prefix(take))
-                states[conversation]!.queue.removeFirst(take)
-                return .write(batch, after: last, members: members)
+                state.ready.removeAll()
+                return failed
             }
-            switch next {
-            case .done:
-                return
-            case .load:
-                do throws(ChatError) {
-                    let members = try await loadMembers(conversation)
-                    let last = try await loadLastSequence(conversation)
-                    states.withLock { states in
-                        states[conversation]?.lastSequence = last
-                        states[conversation]?.members = members
-                    }
-                } catch {
-                    let queue = states.withLock { states in
-                        defer { states[conversation]?.queue.removeAll() }
-                        return states[conversation]?.queue ?? []
-                    }
-                    for pending in queue { pending.resume(returning: .failure(error)) }
+            let chatError = AccountService.storageError(error)
+            for pending in failed { pending.resume(returning: .failure(chatError)) }
+        }
+    }
+
+    /// On a plugin worker: one batch per ready conversation, each started here.
+    private func runJob() {
+        let batches: [Batch] = state.withLock { state in
+            state.jobQueued = false
+            let ready = state.ready
+            state.ready.removeAll(keepingCapacity: true)
+            return ready.compactMap { conversation in
+                guard var entry = state.conversations[conversation] else { return nil }
+                entry.listed = false
+                guard let last = entry.lastSequence, let members = entry.members, !entry.queue.isEmpty else {
+                    state.conversations[conversation] = entry
+                    return nil
                 }
-            case .write(let batch, let last, let members):
-                await write(batch, to: conversation, after: last, members: members)
+                let take = min(entry.queue.count, limits.maxMessagesPerBatch)
+                let pending = Array(entry.queue.prefix(take))
+                entry.queue.removeFirst(take)
+                entry.writing = true
+                state.conversations[conversation] = entry
+                return Batch(conversation: conversation, pending: pending, after: last, members: members)
+            }
+        }
+        for batch in batches { write(batch) }
+    }
+
+    private func startLoad(_ conversation: ConversationID) {
+        Task {
+            do throws(ChatError) {
+                let members = try await loadMembers(conversation)
+                let last = try await loadLastSequence(conversation)
+                let startJob = state.withLock { state in
+                    state.conversations[conversation]?.lastSequence = last
+                    state.conversations[conversation]?.members = members
+                    state.conversations[conversation]?.loading = false
+                    return Self.markReady(conversation, &state)
+                }
+                if startJob { queueJob() }
+            } catch {
+                let queue = state.withLock { state in
+                    state.conversations[conversation]?.loading = false
+                    defer { state.conversations[conversation]?.queue.removeAll() }
+                    return state.conversations[conversation]?.queue ?? []
+                }
+                for pending in queue { pending.resume(returning: .failure(error)) }
             }
         }
     }
@@ -215,7 +285,7 @@ public final class MessageLog: Sendable {
 
     /// The conversation's members: cached when it has been written to, else loaded.
     public func members(of conversation: ConversationID) async throws(ChatError) -> ConversationMembers {
-        if let cached = states.withLock({ $0[conversation]?.members }) { return cached }
+        if let cached = state.withLock({ $0.conversations[conversation]?.members }) { return cached }
         return try await loadMembers(conversation)
     }
 
@@ -232,114 +302,163 @@ public final class MessageLog: Sendable {
         StorageLayout.key(StorageLayout.clientIDs, request.conversation.rawValue, Array(request.sender.userID.utf8) + [0] + Array(request.clientID.utf8))
     }
 
-    /// Writes one batch; on a client-id conflict (a resend of a stored message) answers
-    /// that send as a duplicate and writes the rest again.
-    private func write(_ batch: [Pending], to conversation: ConversationID, after last: Int64, members initialMembers: ConversationMembers) async {
-        var remaining = batch
-        while !remaining.isEmpty {
-            let timestamp = currentTimeMillis()
-            var members = initialMembers
-            var writes: [StorageWrite] = []
-            var firstOfClientID: [StorageKey: Int] = [:]
-            var included: [Pending] = []
-            var acks: [(SendAck, StoredMessage?)] = []
-            var sequence = last
-            var writeOwner: [Int: Int] = [:]
-            var messageWrites = Set<Int>()
-            var summaryUsers = Set<String>()
-            for pending in remaining {
-                let request = pending.request
-                let clientKey = Self.clientKey(request)
-                if let first = firstOfClientID[clientKey] {
-                    var ack = acks[first].0
-                    ack.duplicate = true
-                    included.append(pending)
-                    acks.append((ack, nil))
+    /// A sender's client id, to find resends within one batch.
+    private struct ClientRef: Hashable {
+        var userID: String
+        var clientID: String
+    }
+
+    /// What one batch writes, and what its sends are answered with once it is durable.
+    private struct BatchWrites {
+        var writes: [StorageWrite] = []
+        /// The sends in the batch (failed ones are answered at once and left out), with their answers.
+        var included: [Pending] = []
+        var acks: [(SendAck, StoredMessage?)] = []
+        /// The send that owns each client-id write, by write index.
+        var clientIDOwner: [Int: Int] = [:]
+        var messageWrites = Set<Int>()
+        var lastSequence: Int64
+        var members: ConversationMembers
+    }
+
+    /// Sequences a batch's sends and builds its writes: per send the client-id row and
+    /// the message row (both put-if-absent) and any membership rows; per batch each
+    /// sender's read cursor and each recipient's conversation summary.
+    private func build(_ batch: Batch) -> BatchWrites {
+        let conversation = batch.conversation
+        let timestamp = currentTimeMillis()
+        var result = BatchWrites(lastSequence: batch.after, members: batch.members)
+        result.writes.reserveCapacity(batch.pending.count * 2 + 4)
+        var firstOfClientID: [ClientRef: Int] = [:]
+        var senders: [String: Int64] = [:]
+        // The current members change only with membership events: computed once until then.
+        var current = result.members.current
+        var summaryUsers = Set(current)
+        for pending in batch.pending {
+            let request = pending.request
+            let ref = ClientRef(userID: request.sender.userID, clientID: request.clientID)
+            if let first = firstOfClientID[ref] {
+                var ack = result.acks[first].0
+                ack.duplicate = true
+                result.included.append(pending)
+                result.acks.append((ack, nil))
+                continue
+            }
+            var body = request.body
+            var alsoNotify: [String] = []
+            var eventWrites: [StorageWrite] = []
+            if let change = request.membershipChange {
+                var changed = result.members
+                do {
+                    let event = try change(&changed, result.lastSequence + 1)
+                    body = event.body
+                    alsoNotify = event.alsoNotify
+                    eventWrites = event.writes
+                    result.members = changed
+                    current = changed.current
+                    summaryUsers.formUnion(current)
+                    summaryUsers.formUnion(alsoNotify)
+                } catch {
+                    pending.resume(returning: .failure(error))
                     continue
                 }
-                var body = request.body
-                var alsoNotify: [String] = []
-                var eventWrites: [StorageWrite] = []
-                if let change = request.membershipChange {
-                    var changed = members
-                    do {
-                        let event = try change(&changed, sequence + 1)
-                        body = event.body
-                        alsoNotify = event.alsoNotify
-                        eventWrites = event.writes
-                        members = changed
-                    } catch {
-                        pending.resume(returning: .failure(error))
-                        continue
-                    }
-                } else if !members.exists {
-                    pending.resume(returning: .failure(.notFound("conversation \(conversation)")))
-                    continue
-                } else if !members.isCurrent(request.sender.userID) {
-                    pending.resume(returning: .failure(.forbidden("you are not a member of \(conversation)")))
-                    continue
-                }
-                firstOfClientID[clientKey] = included.count
-                sequence += 1
-                let record = Self.record(request, body: body, sequence: sequence, timestamp: timestamp)
-                writeOwner[writes.count] = included.count
-                writes.append(.putIfAbsent(clientKey, value: StorageLayout.sequenceKey(sequence) + StorageLayout.sequenceKey(timestamp)))
-                // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
-                messageWrites.insert(writes.count)
-                writes.append(.putIfAbsent(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
-                writes += eventWrites
-                // Senders have read what they send: their read cursor moves with it.
-                writes.append(.put(ReceiptStore.key(conversation, request.sender.userID, .read), value: StorageLayout.sequenceKey(sequence)))
-                let recipients = members.current + alsoNotify
-                summaryUsers.formUnion(recipients)
-                included.append(pending)
-                acks.append((
-                    SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: false),
-                    StoredMessage(conversation: conversation, sequence: sequence, record: record, recipients: recipients)
-                ))
+            } else if !result.members.exists {
+                pending.resume(returning: .failure(.notFound("conversation \(conversation)")))
+                continue
+            } else if !result.members.isCurrent(request.sender.userID) {
+                pending.resume(returning: .failure(.forbidden("you are not a member of \(conversation)")))
+                continue
             }
-            remaining = included
-            guard sequence > last else {
-                // Only duplicates of each other remained, which cannot happen without a first; or nothing.
-                for (pending, ack) in zip(remaining, acks) { pending.resume(returning: .success(ack)) }
-                return
-            }
-            var summary = JSONWriter(capacity: 96)
-            summary.beginObject()
-            summary.field("last_seq", sequence)
-            summary.field("last_ts", timestamp)
-            summary.endObject()
-            for user in summaryUsers.sorted() {
-                writes.append(.put(StorageLayout.key(StorageLayout.userConversations, user, Array(conversation.rawValue.utf8)), value: summary.bytes))
-            }
-            do {
-                try await storage.apply(writes)
-                states.withLock { states in
-                    states[conversation]?.lastSequence = sequence
-                    states[conversation]?.members = members
-                }
-                for (pending, ack) in zip(remaining, acks) { pending.resume(returning: .success(ack)) }
-                return
-            } catch {
-                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = writeOwner[index] {
+            firstOfClientID[ref] = result.included.count
+            result.lastSequence += 1
+            let sequence = result.lastSequence
+            let record = Self.record(request, body: body, sequence: sequence, timestamp: timestamp)
+            result.clientIDOwner[result.writes.count] = result.included.count
+            result.writes.append(.putIfAbsent(Self.clientKey(request), value: StorageLayout.sequenceKey(sequence) + StorageLayout.sequenceKey(timestamp)))
+            // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
+            result.messageWrites.insert(result.writes.count)
+            result.writes.append(.putIfAbsent(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
+            result.writes += eventWrites
+            senders[request.sender.userID] = sequence
+            let recipients = alsoNotify.isEmpty ? current : current + alsoNotify
+            result.included.append(pending)
+            result.acks.append((
+                SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: false),
+                StoredMessage(conversation: conversation, sequence: sequence, record: record, recipients: recipients)
+            ))
+        }
+        guard result.lastSequence > batch.after else { return result }
+        // Senders have read what they send: their read cursor moves to their last message.
+        for (sender, sequence) in senders.sorted(by: { $0.key < $1.key }) {
+            result.writes.append(.put(ReceiptStore.key(conversation, sender, .read), value: StorageLayout.sequenceKey(sequence)))
+        }
+        var summary = JSONWriter(capacity: 96)
+        summary.beginObject()
+        summary.field("last_seq", result.lastSequence)
+        summary.field("last_ts", timestamp)
+        summary.endObject()
+        for user in summaryUsers.sorted() {
+            result.writes.append(.put(StorageLayout.key(StorageLayout.userConversations, user, Array(conversation.rawValue.utf8)), value: summary.bytes))
+        }
+        return result
+    }
+
+    /// Writes one batch, started on a plugin worker. On a client-id conflict (a resend
+    /// of a message stored earlier) that send is answered as a duplicate and the rest
+    /// go back to the head of the queue; on a message conflict (another node wrote the
+    /// sequence) the conversation is reloaded first.
+    private func write(_ batch: Batch) {
+        let built = build(batch)
+        guard built.lastSequence > batch.after else {
+            // Nothing to store: every send failed, or only duplicates of each other remained.
+            for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
+            finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: [])
+            return
+        }
+        storage.applyHere(built.writes) { [self] result in
+            switch result {
+            case .success:
+                finishWrite(batch.conversation, storedUpTo: built.lastSequence, members: built.members, requeue: [])
+                for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
+            case .failure(let error):
+                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = built.clientIDOwner[index] {
+                    var remaining = built.included
                     let duplicate = remaining.remove(at: owner)
-                    duplicate.resume(returning: await originalAck(of: duplicate.request))
-                    continue
+                    finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: remaining)
+                    Task { duplicate.resume(returning: await originalAck(of: duplicate.request)) }
+                } else if error.status == .conflict, case .plugin(_, _, _, let index?) = error, built.messageWrites.contains(index) {
+                    finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: built.included, reload: true)
+                } else {
+                    finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: [])
+                    let chatError = AccountService.storageError(error)
+                    for pending in built.included { pending.resume(returning: .failure(chatError)) }
                 }
-                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, messageWrites.contains(index) {
-                    let retry = remaining
-                    states.withLock { states in
-                        states[conversation]?.lastSequence = nil
-                        states[conversation]?.members = nil
-                        states[conversation]?.queue.insert(contentsOf: retry, at: 0)
-                    }
-                    return
-                }
-                let chatError = AccountService.storageError(error)
-                for pending in remaining { pending.resume(returning: .failure(chatError)) }
-                return
             }
         }
+    }
+
+    /// Ends a conversation's batch: records what was stored, puts sends to retry back at
+    /// the head of its queue, and lists it again (or reloads it) when sends wait.
+    private func finishWrite(_ conversation: ConversationID, storedUpTo sequence: Int64?, members: ConversationMembers?, requeue: [Pending], reload: Bool = false) {
+        let (load, startJob) = state.withLock { state in
+            guard var entry = state.conversations[conversation] else { return (false, false) }
+            entry.writing = false
+            if let sequence { entry.lastSequence = sequence }
+            if let members { entry.members = members }
+            if reload {
+                entry.lastSequence = nil
+                entry.members = nil
+            }
+            entry.queue.insert(contentsOf: requeue, at: 0)
+            if entry.queue.isEmpty, !entry.loading, state.conversations.count > 100_000 {
+                state.conversations[conversation] = nil
+                return (false, false)
+            }
+            state.conversations[conversation] = entry
+            return (Self.startLoadIfNeeded(conversation, &state), Self.markReady(conversation, &state))
+        }
+        if load { startLoad(conversation) }
+        if startJob { queueJob() }
     }
 
     private func originalAck(of request: SendRequest) async -> Result<(SendAck, StoredMessage?), ChatError> {

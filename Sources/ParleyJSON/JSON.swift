@@ -274,23 +274,25 @@ public struct JSONParser {
 /// Builds compact JSON text into a byte array, in the order fields are added.
 public struct JSONWriter {
     public private(set) var bytes: [UInt8] = []
-    private var needsComma: [Bool] = []
+    /// Bit d is set once the container open at depth d + 1 has an element.
+    private var hasElement: UInt64 = 0
+    private var depth = 0
 
     public init(capacity: Int = 256) {
         bytes.reserveCapacity(capacity)
     }
 
-    public mutating func beginObject() { separator(); bytes.append(UInt8(ascii: "{")); needsComma.append(false) }
-    public mutating func endObject() { bytes.append(UInt8(ascii: "}")); needsComma.removeLast() }
-    public mutating func beginArray(_ key: String? = nil) { if let key { self.key(key) } else { separator() }; bytes.append(UInt8(ascii: "[")); needsComma.append(false) }
-    public mutating func endArray() { bytes.append(UInt8(ascii: "]")); needsComma.removeLast() }
-    public mutating func beginObject(_ key: String) { self.key(key); bytes.append(UInt8(ascii: "{")); needsComma.append(false) }
+    public mutating func beginObject() { separator(); open(UInt8(ascii: "{")) }
+    public mutating func endObject() { close(UInt8(ascii: "}")) }
+    public mutating func beginArray(_ key: String? = nil) { if let key { self.key(key) } else { separator() }; open(UInt8(ascii: "[")) }
+    public mutating func endArray() { close(UInt8(ascii: "]")) }
+    public mutating func beginObject(_ key: String) { self.key(key); open(UInt8(ascii: "{")) }
 
     public mutating func field(_ key: String, _ value: String) { self.key(key); appendString(value) }
-    public mutating func field(_ key: String, _ value: Int64) { self.key(key); bytes.append(contentsOf: Array(String(value).utf8)) }
+    public mutating func field(_ key: String, _ value: Int64) { self.key(key); appendInteger(value) }
     public mutating func field(_ key: String, _ value: Int) { field(key, Int64(value)) }
-    public mutating func field(_ key: String, _ value: Bool) { self.key(key); bytes.append(contentsOf: Array((value ? "true" : "false").utf8)) }
-    public mutating func fieldNull(_ key: String) { self.key(key); bytes.append(contentsOf: Array("null".utf8)) }
+    public mutating func field(_ key: String, _ value: Bool) { self.key(key); appendASCII(value ? "true" : "false") }
+    public mutating func fieldNull(_ key: String) { self.key(key); appendASCII("null") }
     public mutating func field(_ key: String, _ value: String?) {
         if let value { field(key, value) } else { fieldNull(key) }
     }
@@ -304,10 +306,23 @@ public struct JSONWriter {
     /// Appends already-encoded JSON as the value of key.
     public mutating func rawField(_ key: String, _ json: [UInt8]) { self.key(key); bytes.append(contentsOf: json) }
 
+    private mutating func open(_ bracket: UInt8) {
+        precondition(depth < 64, "JSONWriter nests at most 64 levels")
+        bytes.append(bracket)
+        depth += 1
+        hasElement &= ~(1 << UInt64(depth - 1))
+    }
+
+    private mutating func close(_ bracket: UInt8) {
+        bytes.append(bracket)
+        depth -= 1
+    }
+
     private mutating func separator() {
-        guard !needsComma.isEmpty else { return }
-        if needsComma[needsComma.count - 1] { bytes.append(UInt8(ascii: ",")) }
-        needsComma[needsComma.count - 1] = true
+        guard depth > 0 else { return }
+        let bit: UInt64 = 1 << UInt64(depth - 1)
+        if hasElement & bit != 0 { bytes.append(UInt8(ascii: ",")) }
+        hasElement |= bit
     }
 
     private mutating func key(_ key: String) {
@@ -316,22 +331,50 @@ public struct JSONWriter {
         bytes.append(UInt8(ascii: ":"))
     }
 
+    private mutating func appendASCII(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    private mutating func appendInteger(_ value: Int64) {
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                count += 1
+                buffer[24 - count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+            } while magnitude > 0
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[(24 - count)...]))
+        }
+    }
+
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
+    /// Appends a quoted string: in one copy when nothing needs escaping (the usual case),
+    /// else byte by byte.
     private mutating func appendString(_ text: String) {
         bytes.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5C, 0x5C])
-            case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0..<0x20:
-                bytes.append(contentsOf: Array("\\u00".utf8))
-                bytes.append(Self.hexDigits[Int(byte >> 4)])
-                bytes.append(Self.hexDigits[Int(byte & 0xF)])
-            default: bytes.append(byte)
+        var text = text
+        text.withUTF8 { utf8 in
+            if !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                bytes.append(contentsOf: utf8)
+                return
+            }
+            for byte in utf8 {
+                switch byte {
+                case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5C, 0x22])
+                case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5C, 0x5C])
+                case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+                case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+                case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+                case 0..<0x20:
+                    bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+                    bytes.append(Self.hexDigits[Int(byte >> 4)])
+                    bytes.append(Self.hexDigits[Int(byte & 0xF)])
+                default: bytes.append(byte)
+                }
             }
         }
         bytes.append(UInt8(ascii: "\""))

@@ -1,26 +1,41 @@
 // One device's WebSocket connection as the rest of the server sees it: send a frame
-// from any thread, close it with a code. Writes are flushed once per event-loop tick.
+// from any thread, close it with a code.
+//
+// Outgoing text frames skip NIO's frame encoder: each is encoded (header and payload)
+// into the connection's one pending buffer, and the buffer goes to the socket once per
+// event-loop tick, however many frames it holds. Frames sent from other threads
+// (storage completions, tasks) reach the loop through its `LoopWriter`, one hand-over per
+// batch, not one per frame.
 import NIOCore
 import NIOWebSocket
 import ParleyCore
 import Synchronization
 
-public final class ChatConnection: Sendable {
+public final class ChatConnection: @unchecked Sendable {
     let channel: any Channel
     let session = Mutex<Session?>(nil)
-    private let flushScheduled: NIOLoopBoundBox<Bool>
-    private let unwritableWrites: NIOLoopBoundBox<Int>
-    private let closing: NIOLoopBoundBox<Bool>
     /// Frames written while the socket refuses more before the connection counts as a
     /// slow consumer and is closed (the device resyncs by cursor after reconnecting).
     let maxUnwritableWrites: Int
+    let writer: LoopWriter
 
-    init(channel: any Channel, maxUnwritableWrites: Int) {
+    // Event-loop state: read and written only on `channel.eventLoop`.
+    /// Where encoded frames go to the socket, below the WebSocket frame encoder.
+    /// Dropped when the connection closes, which ends the reference cycle through the pipeline.
+    private var socketContext: ChannelHandlerContext?
+    private var pending: ByteBuffer?
+    private var unwritableWrites = 0
+    private var closing = false
+    /// It is in its loop writer's list of connections to flush.
+    var flushListed = false
+
+    /// `socketContext` is the context of the pipeline's `WebSocketFrameEncoder`: a write
+    /// made through it goes on toward the socket without being encoded again.
+    init(channel: any Channel, socketContext: ChannelHandlerContext, maxUnwritableWrites: Int) {
         self.channel = channel
+        self.socketContext = socketContext
         self.maxUnwritableWrites = maxUnwritableWrites
-        flushScheduled = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
-        unwritableWrites = NIOLoopBoundBox(0, eventLoop: channel.eventLoop)
-        closing = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+        writer = LoopWriter.of(channel.eventLoop)
     }
 
     /// Queues a text frame; safe from any thread.
@@ -28,37 +43,54 @@ public final class ChatConnection: Sendable {
         send(ByteBuffer(bytes: bytes))
     }
 
-    func send(_ buffer: ByteBuffer) {
-        if channel.eventLoop.inEventLoop {
-            write(buffer)
-        } else {
-            channel.eventLoop.execute { self.write(buffer) }
-        }
+    func send(_ payload: ByteBuffer) {
+        writer.send(payload, to: self)
     }
 
-    private func write(_ buffer: ByteBuffer) {
-        guard channel.isActive, !closing.value else { return }
+    /// Encodes a text frame into the pending buffer. On the event loop.
+    func append(_ payload: ByteBuffer) {
+        guard channel.isActive, !closing else { return }
         if channel.isWritable {
-            unwritableWrites.value = 0
+            unwritableWrites = 0
         } else {
-            unwritableWrites.value += 1
-            if unwritableWrites.value > maxUnwritableWrites {
+            unwritableWrites += 1
+            if unwritableWrites > maxUnwritableWrites {
                 close(code: .init(codeNumber: ChatCloseCode.slowConsumer), reason: "slow consumer: reconnect and sync")
                 return
             }
         }
-        channel.write(WebSocketFrame(fin: true, opcode: .text, data: buffer), promise: nil)
-        scheduleFlush()
+        let length = payload.readableBytes
+        if pending == nil {
+            pending = channel.allocator.buffer(capacity: max(512, length + 10))
+        }
+        // FIN and the text opcode, then the payload length (RFC 6455, section 5.2);
+        // a server's frames are not masked.
+        pending!.writeInteger(UInt8(0x81))
+        if length < 126 {
+            pending!.writeInteger(UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            pending!.writeInteger(UInt8(126))
+            pending!.writeInteger(UInt16(length))
+        } else {
+            pending!.writeInteger(UInt8(127))
+            pending!.writeInteger(UInt64(length))
+        }
+        pending!.writeImmutableBuffer(payload)
     }
 
-    /// Flushes at the end of the current event-loop tick, once for every frame written in it.
-    private func scheduleFlush() {
-        guard !flushScheduled.value else { return }
-        flushScheduled.value = true
-        channel.eventLoop.execute {
-            self.flushScheduled.value = false
-            self.channel.flush()
-        }
+    /// Hands the pending frames to the socket in one write and flushes. On the event loop.
+    func flushPending() {
+        guard let buffer = pending else { return }
+        pending = nil
+        guard channel.isActive, let socketContext else { return }
+        socketContext.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    /// Called once the channel is inactive: nothing more can be written.
+    func detach() {
+        closing = true
+        pending = nil
+        socketContext = nil
     }
 
     /// Sends a close frame with code and reason, then closes the socket.
@@ -67,8 +99,9 @@ public final class ChatConnection: Sendable {
             channel.eventLoop.execute { self.close(code: code, reason: reason) }
             return
         }
-        guard !closing.value, channel.isActive else { return }
-        closing.value = true
+        guard !closing, channel.isActive else { return }
+        flushPending()
+        closing = true
         var data = channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
         data.writeString(reason)
@@ -85,4 +118,114 @@ public enum ChatCloseCode {
     public static let authenticationTimeout = 4002
     public static let slowConsumer = 4008
     public static let idleTimeout = 4009
+}
+
+/// One per event loop: takes frames for the loop's connections from any thread and
+/// flushes each connection that got frames once, at the end of the tick.
+final class LoopWriter: @unchecked Sendable {
+    private enum Delivery {
+        case one(ChatConnection, ByteBuffer)
+        case many(ByteBuffer, [ChatConnection])
+    }
+
+    private struct Inbox {
+        var deliveries: [Delivery] = []
+        var scheduled = false
+    }
+
+    let eventLoop: any EventLoop
+    /// Frames from other threads, in the order they were sent, waiting for the loop.
+    private let inbox = Mutex(Inbox())
+    // Event-loop state.
+    private var toFlush: [ChatConnection] = []
+    private var flushScheduled = false
+
+    private static let writers = Mutex<[ObjectIdentifier: LoopWriter]>([:])
+
+    /// The writer of `eventLoop`, made the first time it is asked for.
+    static func of(_ eventLoop: any EventLoop) -> LoopWriter {
+        writers.withLock { writers in
+            let id = ObjectIdentifier(eventLoop)
+            if let writer = writers[id] { return writer }
+            let writer = LoopWriter(eventLoop: eventLoop)
+            writers[id] = writer
+            return writer
+        }
+    }
+
+    private init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// Sends one frame to many connections, with one hand-over per event loop.
+    static func send(_ payload: ByteBuffer, to connections: [ChatConnection]) {
+        var byWriter: [(LoopWriter, [ChatConnection])] = []
+        for connection in connections {
+            if let index = byWriter.firstIndex(where: { $0.0 === connection.writer }) {
+                byWriter[index].1.append(connection)
+            } else {
+                byWriter.append((connection.writer, [connection]))
+            }
+        }
+        for (writer, connections) in byWriter { writer.hand(.many(payload, connections)) }
+    }
+
+    func send(_ payload: ByteBuffer, to connection: ChatConnection) {
+        hand(.one(connection, payload))
+    }
+
+    private func hand(_ delivery: Delivery) {
+        if eventLoop.inEventLoop {
+            take(delivery)
+            return
+        }
+        let schedule = inbox.withLock { inbox in
+            inbox.deliveries.append(delivery)
+            guard !inbox.scheduled else { return false }
+            inbox.scheduled = true
+            return true
+        }
+        if schedule { eventLoop.execute { self.takeInbox() } }
+    }
+
+    private func takeInbox() {
+        let deliveries = inbox.withLock { inbox in
+            inbox.scheduled = false
+            defer { inbox.deliveries = [] }
+            return inbox.deliveries
+        }
+        for delivery in deliveries { take(delivery) }
+    }
+
+    private func take(_ delivery: Delivery) {
+        switch delivery {
+        case .one(let connection, let payload):
+            connection.append(payload)
+            listForFlush(connection)
+        case .many(let payload, let connections):
+            for connection in connections {
+                connection.append(payload)
+                listForFlush(connection)
+            }
+        }
+    }
+
+    private func listForFlush(_ connection: ChatConnection) {
+        guard !connection.flushListed else { return }
+        connection.flushListed = true
+        toFlush.append(connection)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        eventLoop.execute { self.flushAll() }
+    }
+
+    private func flushAll() {
+        flushScheduled = false
+        let connections = toFlush
+        toFlush = []
+        for connection in connections {
+            connection.flushListed = false
+            connection.flushPending()
+        }
+    }
 }

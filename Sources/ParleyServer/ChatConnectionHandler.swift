@@ -42,7 +42,13 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let connection = ChatConnection(channel: context.channel, maxUnwritableWrites: settings.maxUnwritableWrites)
+        // The upgrader put the frame encoder in the pipeline before this handler; frames
+        // are encoded by ChatConnection and written through the encoder's context.
+        guard let encoder = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self) else {
+            context.close(promise: nil)
+            return
+        }
+        let connection = ChatConnection(channel: context.channel, socketContext: encoder, maxUnwritableWrites: settings.maxUnwritableWrites)
         self.connection = connection
         if let headerToken {
             service.handle(ByteBuffer(bytes: ChatFrames.reply("hello", id: nil) { $0.field("token", headerToken) }).readableBytesView, from: connection)
@@ -56,7 +62,10 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         authenticationTimer?.cancel()
-        if let connection { service.disconnected(connection) }
+        if let connection {
+            connection.detach()
+            service.disconnected(connection)
+        }
         context.fireChannelInactive()
     }
 

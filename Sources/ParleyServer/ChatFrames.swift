@@ -1,5 +1,6 @@
 // Frames the chat listener sends: replies to requests and events. Built with the
 // core's JSONWriter; a message event is built once and shared by every recipient.
+import NIOCore
 import ParleyJSON
 import ParleyCore
 
@@ -35,18 +36,20 @@ enum ChatFrames {
         }
     }
 
-    /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged.
-    static func messageEvent(_ record: [UInt8]) -> [UInt8] { event("message", record) }
+    /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged,
+    /// built once into the buffer every recipient's connection shares.
+    static func messageEvent(_ record: [UInt8]) -> ByteBuffer { event("message", record) }
 
-    static func toDeviceEvent(_ record: [UInt8]) -> [UInt8] { event("to_device", record) }
+    static func toDeviceEvent(_ record: [UInt8]) -> ByteBuffer { event("to_device", record) }
 
-    private static func event(_ type: String, _ record: [UInt8]) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(record.count + 40)
-        bytes.append(contentsOf: Array("{\"type\":\"\(type)\",\"message\":".utf8))
-        bytes.append(contentsOf: record)
-        bytes.append(UInt8(ascii: "}"))
-        return bytes
+    private static func event(_ type: StaticString, _ record: [UInt8]) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: record.count + 40)
+        buffer.writeStaticString("{\"type\":\"")
+        buffer.writeStaticString(type)
+        buffer.writeStaticString("\",\"message\":")
+        buffer.writeBytes(record)
+        buffer.writeInteger(UInt8(ascii: "}"))
+        return buffer
     }
 
     static func user(_ writer: inout JSONWriter, _ key: String, _ profile: UserProfile) {

@@ -194,7 +194,7 @@ public final class ChatService: Sendable {
                     try await self.accounts.deviceExists(userID: target.id, deviceID: device)
                 else { throw .notFound("device \(device) of user \(username)") }
                 let message = try await self.toDevice.send(from: session, targetUser: target.id, targetDevice: device, contentType: contentType, body: body)
-                let event = ByteBuffer(bytes: ChatFrames.toDeviceEvent(message.record))
+                let event = ChatFrames.toDeviceEvent(message.record)
                 for peer in self.registry.connections(of: target.id) where peer.session.withLock({ $0?.deviceID }) == device {
                     peer.send(event)
                 }
@@ -251,15 +251,11 @@ public final class ChatService: Sendable {
     /// Sends a stored message to every online device of every participant but the
     /// sending connection. The frame is serialized once and its bytes shared.
     func deliver(_ message: StoredMessage, except sender: ChatConnection) {
-        let frame = ByteBuffer(bytes: ChatFrames.messageEvent(message.record))
-        var delivered = 0
-        for participant in message.recipients {
-            for connection in registry.connections(of: participant) where connection !== sender {
-                connection.send(frame)
-                delivered += 1
-            }
-        }
-        metrics.messagesOut.increment(by: Int64(delivered))
+        let frame = ChatFrames.messageEvent(message.record)
+        var connections = registry.connections(of: message.recipients)
+        connections.removeAll { $0 === sender }
+        LoopWriter.send(frame, to: connections)
+        metrics.messagesOut.increment(by: Int64(connections.count))
         // The first message of a direct conversation makes its users each other's contacts.
         if message.sequence == 1, message.conversation.kind == .direct, message.conversation.participants.count == 2 {
             presence.contactsMet(message.conversation.participants[0], message.conversation.participants[1])

@@ -21,6 +21,18 @@ public final class ConnectionRegistry: Sendable {
         byUser.withLock { Array(($0[userID] ?? [:]).values) }
     }
 
+    /// Every open connection of these users, looked up under one lock.
+    func connections(of userIDs: [String]) -> [ChatConnection] {
+        byUser.withLock { users in
+            var found: [ChatConnection] = []
+            found.reserveCapacity(userIDs.count)
+            for userID in userIDs {
+                if let connections = users[userID] { found.append(contentsOf: connections.values) }
+            }
+            return found
+        }
+    }
+
     /// Every connection, for shutdown.
     func all() -> [ChatConnection] {
         byUser.withLock { $0.values.flatMap { Array($0.values) } }

@@ -45,18 +45,41 @@ public final class PluginInstance: @unchecked Sendable {
         guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
         let handle = handle
         operation.call = { op in call(handle, op) }
-        let output = await operation.run(on: pool)
+        return try outcome(await operation.run(on: pool)).get()
+    }
+
+    /// Runs one plugin call on the current thread, which must be a worker of this
+    /// instance's pool (a job submitted to `pool`), and calls `completion` on the
+    /// thread that finishes it.
+    func performHere(_ operation: PluginOperation, _ call: @escaping (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status, completion: @escaping @Sendable (Result<PluginOutput, PluginCallError>) -> Void) {
+        inFlight.add(1, ordering: .acquiringAndReleasing)
+        guard !stopped.load(ordering: .acquiring) else {
+            inFlight.subtract(1, ordering: .acquiringAndReleasing)
+            completion(.failure(.shutDown))
+            return
+        }
+        let handle = handle
+        operation.call = { op in call(handle, op) }
+        operation.start { [self] output in
+            let result = outcome(output)
+            inFlight.subtract(1, ordering: .acquiringAndReleasing)
+            completion(result)
+        }
+    }
+
+    /// The output of a finished call, or the host's or the plugin's error.
+    private func outcome(_ output: PluginOutput) -> Result<PluginOutput, PluginCallError> {
         if let hostError = output.hostError {
             callErrors.increment()
-            throw hostError
+            return .failure(hostError)
         }
         guard output.status == .ok else {
             // A failed condition is an answer, not a plugin error.
             if output.status != .conflict { callErrors.increment() }
             let failed = output.items.first { $0.outcome != parley_status(PARLEY_OK) }
-            throw .plugin(name: info.name, status: output.status, message: output.errorMessage, index: failed?.index)
+            return .failure(.plugin(name: info.name, status: output.status, message: output.errorMessage, index: failed?.index))
         }
-        return output
+        return .success(output)
     }
 
     /// Refuses new calls, waits for those in flight, then calls destroy(). Safe to call twice.

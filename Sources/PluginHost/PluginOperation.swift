@@ -50,6 +50,8 @@ final class PluginOperation: @unchecked Sendable {
     var rowLimit = Int.max
     private let finished = Atomic<Bool>(false)
     private var continuation: CheckedContinuation<PluginOutput, Never>?
+    /// Set instead of `continuation` by `start(here:)`: runs on the thread that finishes the call.
+    private var onFinish: (@Sendable (PluginOutput) -> Void)?
 
     /// Copies bytes into memory owned by the operation and returns a borrowed view.
     func borrow(_ bytes: [UInt8]) -> parley_bytes {
@@ -106,6 +108,15 @@ final class PluginOperation: @unchecked Sendable {
         }
     }
 
+    /// Runs the call on the current thread, which must be a plugin worker, and calls
+    /// `completion` on the thread that finishes it: this one, or the plugin's own
+    /// thread when the call returned PENDING. No task or continuation is involved,
+    /// which saves two thread hops per call on the chat hot path.
+    func start(here completion: @escaping @Sendable (PluginOutput) -> Void) {
+        onFinish = completion
+        invoke()
+    }
+
     /// Runs the call on the current (worker) thread, finishing at once when the
     /// plugin did not return PENDING.
     private func invoke() {
@@ -132,7 +143,10 @@ final class PluginOperation: @unchecked Sendable {
         operation.inputs.removeAll()
         let continuation = operation.continuation
         operation.continuation = nil
+        let onFinish = operation.onFinish
+        operation.onFinish = nil
         continuation?.resume(returning: operation.output)
+        onFinish?(operation.output)
         unmanaged.release()
     }
 

@@ -156,21 +156,51 @@ public struct StorageBackend: Sendable {
     package func apply(_ writes: [StorageWrite], validate: Bool) async throws(PluginCallError) -> StorageBatchResult {
         if validate {
             guard !writes.isEmpty else { return StorageBatchResult(counters: [:]) }
-            guard writes.count <= StorageLimits.maxBatchWrites else {
-                throw .invalidArgument("a batch holds \(writes.count) writes; the limit is \(StorageLimits.maxBatchWrites)")
-            }
-            for write in writes {
-                try Self.validate(write.key)
-                switch write {
-                case .put(_, let value), .putIfAbsent(_, let value), .compareAndSet(_, _, let value):
-                    guard value.count <= StorageLimits.maxValueBytes else {
-                        throw .invalidArgument("value of \(value.count) bytes exceeds \(StorageLimits.maxValueBytes)")
-                    }
-                case .delete, .counterAdd:
-                    break
+            try Self.validate(writes)
+        }
+        let (operation, call) = prepare(writes)
+        return Self.batchResult(try await instance.perform(operation, call))
+    }
+
+    /// Runs `job` on the plugin worker pool, where `applyHere` may be called.
+    public func onWorker(_ job: @escaping @Sendable () -> Void) throws(PluginCallError) {
+        try instance.pool.submit(job)
+    }
+
+    /// Applies writes like `apply`, but starts the call on the current thread, which
+    /// must be a plugin worker (inside `onWorker`), and reports to `completion` on the
+    /// thread that finishes the batch (for storage-sqlite, its writer thread) instead
+    /// of resuming a task. Keep `completion` short: it may hold up the plugin's thread.
+    public func applyHere(_ writes: [StorageWrite], completion: @escaping @Sendable (Result<StorageBatchResult, PluginCallError>) -> Void) {
+        guard !writes.isEmpty else { return completion(.success(StorageBatchResult(counters: [:]))) }
+        do {
+            try Self.validate(writes)
+        } catch {
+            return completion(.failure(error))
+        }
+        let (operation, call) = prepare(writes)
+        instance.performHere(operation, call) { result in completion(result.map(Self.batchResult)) }
+    }
+
+    private static func validate(_ writes: [StorageWrite]) throws(PluginCallError) {
+        guard writes.count <= StorageLimits.maxBatchWrites else {
+            throw .invalidArgument("a batch holds \(writes.count) writes; the limit is \(StorageLimits.maxBatchWrites)")
+        }
+        for write in writes {
+            try validate(write.key)
+            switch write {
+            case .put(_, let value), .putIfAbsent(_, let value), .compareAndSet(_, _, let value):
+                guard value.count <= StorageLimits.maxValueBytes else {
+                    throw .invalidArgument("value of \(value.count) bytes exceeds \(StorageLimits.maxValueBytes)")
                 }
+            case .delete, .counterAdd:
+                break
             }
         }
+    }
+
+    /// The operation owning a batch's C array of writes, and the plugin call on it.
+    private func prepare(_ writes: [StorageWrite]) -> (PluginOperation, (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status) {
         let operation = PluginOperation()
         let array = operation.borrowArray(of: parley_write.self, count: writes.count)
         for (index, write) in writes.enumerated() {
@@ -200,9 +230,10 @@ public struct StorageBackend: Sendable {
         }
         let apply = table.apply!
         let count = writes.count
-        let output = try await instance.perform(operation) { handle, op in
-            apply(handle, op, array, count, MemoryLayout<parley_write>.stride)
-        }
+        return (operation, { handle, op in apply(handle, op, array, count, MemoryLayout<parley_write>.stride) })
+    }
+
+    private static func batchResult(_ output: PluginOutput) -> StorageBatchResult {
         var counters: [Int: Int64] = [:]
         for item in output.items where item.outcome == parley_status(PARLEY_OK) {
             counters[item.index] = Int64(bitPattern: item.value)

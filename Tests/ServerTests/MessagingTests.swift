@@ -110,6 +110,31 @@ struct MessagingTests {
         await server.stop()
     }
 
+    /// The server encodes its frames itself: a 7-bit, a 16-bit and a 64-bit payload length,
+    /// and bodies that need escaping, must all arrive byte for byte.
+    @Test func framesOfEveryLengthAndEscapedBodiesArriveIntact() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        let sender = try await server.connect(alice[0])
+        let receiver = try await server.connect(bob[0])
+        let inbox = Inbox(receiver)
+        let conversation = try await sender.open(with: "bob")
+        let tricky = "quote \" backslash \\ newline \n tab \t control \u{01} e\u{301} 🦜 "
+        let bodies = ["short", tricky + String(repeating: "x", count: 1_000), String(repeating: tricky, count: 65_000 / tricky.utf8.count)]
+        #expect(bodies[2].utf8.count > 60_000 && bodies[2].utf8.count <= 65_536)
+        for body in bodies { _ = try await sender.send(conversation: conversation, body: body) }
+        let live = await inbox.waitForMessages(bodies.count)
+        #expect(live.compactMap { $0["body"]?.stringValue } == bodies, "live events carry the bodies unchanged")
+        // Two large bodies in one page make a reply over 65,535 bytes: the 64-bit length form.
+        _ = try await sender.send(conversation: conversation, body: bodies[2])
+        let page = try await receiver.fetch(conversation: conversation, after: 0, limit: 10)
+        #expect(page.messages.compactMap { $0["body"]?.stringValue } == bodies + [bodies[2]])
+        await sender.close()
+        await receiver.close()
+        await server.stop()
+    }
+
     @Test func historyPagesBackwardFromAnyPoint() async throws {
         let server = try await TestServer.start()
         let alice = try await server.user("alice")
