@@ -83,9 +83,15 @@ public final class MessageLog: Sendable {
         public init() {}
     }
 
-    private struct Pending {
-        var request: SendRequest
-        var completion: Completion
+    /// A class, so that queues and batches move one reference instead of every field.
+    private final class Pending: Sendable {
+        let request: SendRequest
+        let completion: Completion
+
+        init(request: SendRequest, completion: @escaping Completion) {
+            self.request = request
+            self.completion = completion
+        }
 
         func resume(returning result: Result<(SendAck, StoredMessage?), ChatError>) { completion(result) }
     }

@@ -61,8 +61,7 @@ public struct JSONParser {
     private var index = 0
 
     public static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
-        let array = Array(bytes)
-        let result = array.withUnsafeBytes { buffer in
+        let result = withBuffer(bytes) { buffer in
             Result { () throws(JSONParseError) -> JSONValue in
                 var parser = JSONParser(bytes: buffer)
                 parser.skipWhitespace()
@@ -73,6 +72,50 @@ public struct JSONParser {
             }
         }
         return try result.get()
+    }
+
+    /// Reads a top-level object whose every value is a string (most request frames) into
+    /// its pairs, in order, without building `JSONValue`s or a dictionary. Nil when the text
+    /// is anything else, valid or not: the caller then uses `parse`, which also explains
+    /// errors. Like `parse`, a key given twice means its last value.
+    public static func flatStringObject(_ bytes: some Collection<UInt8>) -> JSONStringPairs? {
+        withBuffer(bytes) { buffer -> JSONStringPairs? in
+            var parser = JSONParser(bytes: buffer)
+            var pairs = JSONStringPairs()
+            parser.skipWhitespace()
+            guard parser.consume(UInt8(ascii: "{")) else { return nil }
+            parser.skipWhitespace()
+            if !parser.consume(UInt8(ascii: "}")) {
+                while true {
+                    parser.skipWhitespace()
+                    guard parser.next == UInt8(ascii: "\""), let key = try? parser.string() else { return nil }
+                    parser.skipWhitespace()
+                    guard parser.consume(UInt8(ascii: ":")) else { return nil }
+                    parser.skipWhitespace()
+                    guard parser.next == UInt8(ascii: "\""), let value = try? parser.string() else { return nil }
+                    pairs.pairs.append((key, value))
+                    parser.skipWhitespace()
+                    if parser.consume(UInt8(ascii: "}")) { break }
+                    guard parser.consume(UInt8(ascii: ",")) else { return nil }
+                }
+            }
+            parser.skipWhitespace()
+            return parser.index == buffer.count ? pairs : nil
+        }
+    }
+
+    /// Runs `body` on the bytes in place when they are contiguous, else on a copy.
+    private static func withBuffer<R>(_ bytes: some Collection<UInt8>, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let result = bytes.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return result }
+        return Array(bytes).withUnsafeBytes(body)
+    }
+
+    private var next: UInt8? { index < bytes.count ? bytes[index] : nil }
+
+    private mutating func consume(_ byte: UInt8) -> Bool {
+        guard next == byte else { return false }
+        index += 1
+        return true
     }
 
     private init(bytes: UnsafeRawBufferPointer) {
@@ -268,6 +311,16 @@ public struct JSONParser {
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
         guard let number = Double(text) else { throw error("invalid number") }
         return number
+    }
+}
+
+/// The pairs of a flat object of strings, from `JSONParser.flatStringObject`.
+public struct JSONStringPairs: Sendable {
+    public fileprivate(set) var pairs: [(key: String, value: String)] = []
+
+    /// The value of `key`: its last one when the object gave it twice.
+    public subscript(key: String) -> String? {
+        pairs.last { $0.key == key }?.value
     }
 }
 

@@ -61,7 +61,7 @@ public final class ChatConnection: @unchecked Sendable {
         }
         let length = payload.readableBytes
         if pending == nil {
-            pending = channel.allocator.buffer(capacity: max(512, length + 10))
+            pending = channel.allocator.buffer(capacity: max(2048, length + 10))
         }
         // FIN and the text opcode, then the payload length (RFC 6455, section 5.2);
         // a server's frames are not masked.

@@ -72,6 +72,24 @@ public final class ChatService: Sendable {
 
     /// Handles one text frame from a connection. Runs on the connection's event loop.
     func handle(_ bytes: ByteBufferView, from connection: ChatConnection) {
+        // Most frames are sends, flat objects of strings: read without a dictionary of values.
+        if let pairs = JSONParser.flatStringObject(bytes), pairs["type"] == "send" {
+            let id = pairs["id"]
+            guard id.map({ $0.utf8.count <= 64 }) ?? true else {
+                fail(connection, id: nil, ChatError.invalid("'id' must be a string of at most 64 bytes"))
+                return
+            }
+            do throws(ChatError) {
+                guard let session = connection.session.withLock({ $0 }) else { throw Self.notAuthenticated }
+                try send(id: id, session: session, connection) { key throws(ChatError) in
+                    guard let value = pairs[key] else { throw .invalid("missing '\(key)'") }
+                    return value
+                }
+            } catch {
+                fail(connection, id: id, error)
+            }
+            return
+        }
         let value: JSONValue
         do {
             value = try JSONParser.parse(bytes)
@@ -121,12 +139,10 @@ public final class ChatService: Sendable {
             reply(connection, ChatFrames.reply("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
             return
         }
-        guard let session = connection.session.withLock({ $0 }) else {
-            throw ChatError("unauthorized", "send 'hello' with your token first", httpStatus: 401)
-        }
+        guard let session = connection.session.withLock({ $0 }) else { throw Self.notAuthenticated }
         switch type {
         case "send":
-            try send(fields, id: id, session: session, connection)
+            try send(id: id, session: session, connection) { key throws(ChatError) in try Self.string(fields, key) }
         case "open":
             let username = try Self.string(fields, "with")
             run(connection, id: id) { () throws(ChatError) in
@@ -226,10 +242,13 @@ public final class ChatService: Sendable {
         }
     }
 
-    private func send(_ fields: [String: JSONValue], id: String?, session: Session, _ connection: ChatConnection) throws(ChatError) {
+    static let notAuthenticated = ChatError("unauthorized", "send 'hello' with your token first", httpStatus: 401)
+
+    /// Submits a `send`; `field` gives a string field of the frame or throws the error for it.
+    private func send(id: String?, session: Session, _ connection: ChatConnection, _ field: (String) throws(ChatError) -> String) throws(ChatError) {
         let request = SendRequest(
-            sender: session, conversation: try Self.conversation(fields), clientID: try Self.string(fields, "client_id"),
-            contentType: try Self.string(fields, "content_type"), body: try Self.string(fields, "body"))
+            sender: session, conversation: try Self.conversation(field("conversation")), clientID: try field("client_id"),
+            contentType: try field("content_type"), body: try field("body"))
         guard request.contentType != GroupService.eventContentType else {
             throw .invalid("content type \(GroupService.eventContentType) is reserved for the server's membership events")
         }
@@ -328,7 +347,10 @@ public final class ChatService: Sendable {
     }
 
     static func conversation(_ fields: [String: JSONValue]) throws(ChatError) -> ConversationID {
-        let text = try string(fields, "conversation")
+        try conversation(string(fields, "conversation"))
+    }
+
+    static func conversation(_ text: String) throws(ChatError) -> ConversationID {
         guard let conversation = ConversationID(text) else { throw .notFound("conversation \(text)") }
         return conversation
     }

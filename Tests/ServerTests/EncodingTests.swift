@@ -33,6 +33,17 @@ struct EncodingTests {
         #expect(parsed["negative"]?.int64Value == -42)
     }
 
+    @Test func flatObjectsOfStringsAreReadInPlaceAndAnythingElseIsLeftToTheFullParser() {
+        let pairs = JSONParser.flatStringObject(Array(#" { "type" : "send", "body":"a\"b\n\u00e9", "type":"again" } "#.utf8))
+        #expect(pairs?["type"] == "again", "a key given twice means its last value, as in the full parser")
+        #expect(pairs?["body"] == "a\"b\né")
+        #expect(pairs?["id"] == nil)
+        #expect(JSONParser.flatStringObject(Array("{}".utf8))?.pairs.isEmpty == true)
+        for other in [#"{"a":1}"#, #"{"a":"x","b":{"c":"d"}}"#, #"{"a":"x"} x"#, #"{"a":"x",}"#, #"["a"]"#, #"{"a":"x""#, #"{"a":null}"#, ""] {
+            #expect(JSONParser.flatStringObject(Array(other.utf8)) == nil, "\(other) is not a flat object of strings")
+        }
+    }
+
     @Test func conversationIDsParseOnlyInTheirTwoForms() {
         let direct = ConversationID("d:alice:bob")
         #expect(direct?.kind == .direct && direct?.participants == ["alice", "bob"])
