@@ -15,6 +15,7 @@ final class SQLiteStore: @unchecked Sendable {
     let path: String
     private let readers = Mutex<[SQLiteConnection]>([])
     private let writer: GroupCommitWriter
+    private let checkpointer: Checkpointer
     private let readsTotal: OpaquePointer?
     private let errorsTotal: OpaquePointer?
 
@@ -42,14 +43,25 @@ final class SQLiteStore: @unchecked Sendable {
             throw .invalid("configuration key 'cache_size_mb' must be a whole number from 1 to 65536, got '\(cache)'")
         }
         let cacheKiB = cacheMB * 1024
+        let checkpoint = host.config("checkpoint_pages") ?? "4000"
+        guard let checkpointPages = Int32(checkpoint), (100...262_144).contains(checkpointPages) else {
+            throw .invalid("configuration key 'checkpoint_pages' must be a whole number from 100 to 262144, got '\(checkpoint)'")
+        }
         let connection = try SQLiteConnection(path: path, readOnly: false)
         try Self.prepareSchema(connection, path: path)
         try connection.execute("PRAGMA synchronous=\(synchronous.uppercased())")
         try connection.execute("PRAGMA cache_size=-\(cacheKiB)")
-        writer = try GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches)
+        checkpointer = try Checkpointer(path: path, synchronous: synchronous, pages: checkpointPages, host: host)
+        checkpointer.attach(to: connection)
+        do {
+            writer = try GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches)
+        } catch {
+            checkpointer.stop()
+            throw error
+        }
         readsTotal = host.metric(PARLEY_METRIC_COUNTER, "reads_total", "Rows read by get and scan calls")
         errorsTotal = host.metric(PARLEY_METRIC_COUNTER, "errors_total", "Calls that failed")
-        host.log(PARLEY_LOG_INFO, "opened \(path) (WAL, synchronous=\(synchronous), up to \(maxGroupBatches) batches per commit)")
+        host.log(PARLEY_LOG_INFO, "opened \(path) (WAL, synchronous=\(synchronous), up to \(maxGroupBatches) batches per commit, background checkpoints every \(checkpointPages) pages)")
     }
 
     private static func prepareSchema(_ connection: SQLiteConnection, path: String) throws(StoreError) {
@@ -80,6 +92,7 @@ final class SQLiteStore: @unchecked Sendable {
     }
 
     func close() {
+        checkpointer.stop()
         writer.stop()
         readers.withLock { $0.removeAll() }
         host.log(PARLEY_LOG_INFO, "closed \(path)")

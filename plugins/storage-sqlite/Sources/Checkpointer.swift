@@ -1,0 +1,94 @@
+// Copies committed pages from the write-ahead log into the database file on its own
+// thread and connection, so the group-commit writer does not stop for it.
+//
+// SQLite's default checkpoint runs inside the commit that pushes the log past 1,000 pages:
+// that commit then also writes those pages again and syncs the database file, which held
+// up every batch waiting behind it. Here the writer only notes the log's size after each
+// commit (the WAL hook); past `pages` the checkpointer thread is woken for a passive
+// checkpoint, which runs alongside new commits. Under a steady stream of commits a passive
+// checkpoint may never find the log idle to restart it, so past `hardPages` the writer
+// checkpoints itself, between commits, which lets the next commit start the log over.
+import ParleyPluginABI
+import CSQLite
+import Glibc
+
+final class Checkpointer: @unchecked Sendable {
+    let pages: Int32
+    let hardPages: Int32
+    private let connection: SQLiteConnection
+    private let host: HostCalls
+    private let checkpoints: OpaquePointer?
+    private let writerCheckpoints: OpaquePointer?
+    private var mutex = pthread_mutex_t()
+    private var wakeUp = pthread_cond_t()
+    private var requested = false
+    private var stopping = false
+    private var thread = pthread_t()
+
+    init(path: String, synchronous: String, pages: Int32, host: HostCalls) throws(StoreError) {
+        connection = try SQLiteConnection(path: path, readOnly: false)
+        try connection.execute("PRAGMA synchronous=\(synchronous.uppercased())")
+        try connection.execute("PRAGMA wal_autocheckpoint=0")
+        self.pages = pages
+        hardPages = pages * 8
+        self.host = host
+        checkpoints = host.metric(PARLEY_METRIC_COUNTER, "checkpoints_total", "Passive checkpoints run by the checkpointer thread")
+        writerCheckpoints = host.metric(PARLEY_METRIC_COUNTER, "writer_checkpoints_total", "Checkpoints the writer ran itself because the log passed 8 × checkpoint_pages")
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wakeUp, nil)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { context in
+            let checkpointer = Unmanaged<Checkpointer>.fromOpaque(context!).takeRetainedValue()
+            checkpointer.run()
+            return nil
+        }, context)
+    }
+
+    /// Installs the WAL hook on the writer's connection in place of SQLite's automatic checkpoints.
+    func attach(to writer: SQLiteConnection) {
+        sqlite3_wal_hook(writer.db, { context, db, _, frames in
+            let checkpointer = Unmanaged<Checkpointer>.fromOpaque(context!).takeUnretainedValue()
+            checkpointer.committed(db: db, frames: frames)
+            return SQLITE_OK
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Called on the writer's thread after each commit with the log's size in pages.
+    private func committed(db: OpaquePointer?, frames: Int32) {
+        if frames >= hardPages {
+            sqlite3_wal_checkpoint_v2(db, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+            host.add(writerCheckpoints, 1)
+        } else if frames >= pages {
+            pthread_mutex_lock(&mutex)
+            requested = true
+            pthread_cond_signal(&wakeUp)
+            pthread_mutex_unlock(&mutex)
+        }
+    }
+
+    /// Ends the thread after the checkpoint in progress, if any.
+    func stop() {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        pthread_cond_signal(&wakeUp)
+        pthread_mutex_unlock(&mutex)
+        pthread_join(thread, nil)
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(&mutex)
+            while !requested && !stopping { pthread_cond_wait(&wakeUp, &mutex) }
+            let stop = stopping
+            requested = false
+            pthread_mutex_unlock(&mutex)
+            if stop { return }
+            let result = sqlite3_wal_checkpoint_v2(connection.db, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+            if result == SQLITE_OK {
+                host.add(checkpoints, 1)
+            } else if result != SQLITE_BUSY {
+                host.log(PARLEY_LOG_WARNING, "background checkpoint failed: \(connection.lastError)")
+            }
+        }
+    }
+}
