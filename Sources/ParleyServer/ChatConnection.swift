@@ -28,14 +28,21 @@ public final class ChatConnection: @unchecked Sendable {
     private var closing = false
     /// It is in its loop writer's list of connections to flush.
     var flushListed = false
+    /// When a frame of any kind (pongs included) last arrived, and when the last ping left.
+    var lastRead = NIODeadline.now()
+    var lastPing = NIODeadline.now()
+    let openedAt = NIODeadline.now()
+    let timing: ChatListenerSettings.Timing
 
     /// `socketContext` is the context of the pipeline's `WebSocketFrameEncoder`: a write
-    /// made through it goes on toward the socket without being encoded again.
-    init(channel: any Channel, socketContext: ChannelHandlerContext, maxUnwritableWrites: Int) {
+    /// made through it goes on toward the socket without being encoded again. On the event loop.
+    init(channel: any Channel, socketContext: ChannelHandlerContext, maxUnwritableWrites: Int, timing: ChatListenerSettings.Timing) {
         self.channel = channel
         self.socketContext = socketContext
         self.maxUnwritableWrites = maxUnwritableWrites
+        self.timing = timing
         writer = LoopWriter.of(channel.eventLoop)
+        writer.track(self)
     }
 
     /// Queues a text frame; safe from any thread.
@@ -91,6 +98,22 @@ public final class ChatConnection: @unchecked Sendable {
         closing = true
         pending = nil
         socketContext = nil
+        writer.untrack(self)
+    }
+
+    /// The loop writer's check, a few times a second: closes a connection that has not
+    /// authenticated in time or has been silent too long, and pings a quiet one.
+    func checkTimers(now: NIODeadline) {
+        guard !closing, channel.isActive else { return }
+        if now - openedAt >= timing.authentication, session.withLock({ $0 == nil }) {
+            close(code: .init(codeNumber: ChatCloseCode.authenticationTimeout), reason: "no hello within the time allowed")
+        } else if now - lastRead >= timing.idle {
+            close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
+        } else if now - lastRead >= timing.ping, now - lastPing >= timing.ping {
+            lastPing = now
+            flushPending()
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()), promise: nil)
+        }
     }
 
     /// Sends a close frame with code and reason, then closes the socket.
@@ -139,6 +162,11 @@ final class LoopWriter: @unchecked Sendable {
     // Event-loop state.
     private var toFlush: [ChatConnection] = []
     private var flushScheduled = false
+    /// The loop's open connections, for their timers: one repeated check per loop instead
+    /// of timers per connection, whose cancellation costs NIO a search of its timer queue.
+    private var tracked: [ObjectIdentifier: ChatConnection] = [:]
+    private var checking = false
+    static let timerCheckInterval = TimeAmount.milliseconds(250)
 
     private static let writers = Mutex<[ObjectIdentifier: LoopWriter]>([:])
 
@@ -155,6 +183,22 @@ final class LoopWriter: @unchecked Sendable {
 
     private init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
+    }
+
+    /// Starts checking the connection's timers. On the event loop.
+    func track(_ connection: ChatConnection) {
+        tracked[ObjectIdentifier(connection)] = connection
+        guard !checking else { return }
+        checking = true
+        eventLoop.scheduleRepeatedTask(initialDelay: Self.timerCheckInterval, delay: Self.timerCheckInterval) { _ in
+            let now = NIODeadline.now()
+            for connection in self.tracked.values { connection.checkTimers(now: now) }
+        }
+    }
+
+    /// Stops checking the connection's timers. On the event loop.
+    func untrack(_ connection: ChatConnection) {
+        tracked[ObjectIdentifier(connection)] = nil
     }
 
     /// Sends one frame to many connections, with one hand-over per event loop.

@@ -18,6 +18,15 @@ public struct ChatListenerSettings: Sendable {
     /// Frames queued while the socket refuses more before the connection is closed.
     public var maxUnwritableWrites = 2_000
     public init() {}
+
+    /// The three timeouts, as each connection keeps them.
+    struct Timing {
+        var authentication: TimeAmount
+        var ping: TimeAmount
+        var idle: TimeAmount
+    }
+
+    var timing: Timing { Timing(authentication: authenticationTimeout, ping: pingInterval, idle: idleTimeout) }
 }
 
 final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -30,9 +39,6 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var connection: ChatConnection?
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
-    private var authenticationTimer: Scheduled<Void>?
-    /// When the last frame of any kind (pongs included) arrived.
-    private var lastRead = NIODeadline.now()
 
     init(service: ChatService, settings: ChatListenerSettings, headerToken: String?) {
         self.service = service
@@ -48,20 +54,14 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             context.close(promise: nil)
             return
         }
-        let connection = ChatConnection(channel: context.channel, socketContext: encoder, maxUnwritableWrites: settings.maxUnwritableWrites)
+        let connection = ChatConnection(channel: context.channel, socketContext: encoder, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
         self.connection = connection
         if let headerToken {
             service.handle(ByteBuffer(bytes: ChatFrames.reply("hello", id: nil) { $0.field("token", headerToken) }).readableBytesView, from: connection)
         }
-        authenticationTimer = context.eventLoop.scheduleTask(in: settings.authenticationTimeout) {
-            if connection.session.withLock({ $0 }) == nil {
-                connection.close(code: .init(codeNumber: ChatCloseCode.authenticationTimeout), reason: "no hello within the time allowed")
-            }
-        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        authenticationTimer?.cancel()
         if let connection {
             connection.detach()
             service.disconnected(connection)
@@ -71,8 +71,8 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        lastRead = .now()
         guard let connection else { return }
+        connection.lastRead = .now()
         switch frame.opcode {
         case .text:
             guard allowFrame() else {
@@ -95,24 +95,14 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         }
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard let idle = event as? IdleStateHandler.IdleStateEvent, let connection else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        // Nothing was read for a ping interval: ping, and give up once nothing (not even
-        // a pong) has arrived for the idle timeout. Sending to the client does not count.
-        guard case .read = idle else { return }
-        if NIODeadline.now() - lastRead >= settings.idleTimeout {
-            connection.close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
-        } else {
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
-        }
-    }
-
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is NIOWebSocketFrameAggregator.Error, let connection {
             connection.close(code: .messageTooLarge, reason: "message larger than \(settings.maxFrameBytes) bytes")
+            return
+        }
+        if let error = error as? NIOWebSocketError, let connection {
+            let tooLarge = error == .invalidFrameLength
+            connection.close(code: tooLarge ? .messageTooLarge : .protocolError, reason: tooLarge ? "frame larger than \(settings.maxFrameBytes) bytes" : "WebSocket protocol error")
             return
         }
         context.close(promise: nil)

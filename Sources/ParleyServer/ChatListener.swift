@@ -1,9 +1,8 @@
-// The chat listener: HTTP/1.1 that upgrades GET /v1/ws to a WebSocket, on SwiftNIO.
+// The chat listener: HTTP/1.1 that upgrades GET /v1/ws to a WebSocket, on SwiftNIO
+// (the handshake is ChatHandshakeHandler's).
 public import NIOCore
-import NIOHTTP1
 import NIOPosix
 public import NIOSSL
-import NIOWebSocket
 
 public final class ChatListener: Sendable {
     public static let path = "/v1/ws"
@@ -23,35 +22,7 @@ public final class ChatListener: Sendable {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }
-                    let upgrader = NIOWebSocketServerUpgrader(
-                        maxFrameSize: settings.maxFrameBytes,
-                        automaticErrorHandling: true,
-                        shouldUpgrade: { channel, head in
-                            guard head.uri == path || head.uri.hasPrefix(path + "?") else {
-                                return channel.eventLoop.makeSucceededFuture(nil)
-                            }
-                            return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
-                        },
-                        upgradePipelineHandler: { channel, head in
-                            channel.eventLoop.makeCompletedFuture {
-                                let token = head.headers.first(name: "Authorization").flatMap { value -> String? in
-                                    let parts = value.split(separator: " ", maxSplits: 1)
-                                    return parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : nil
-                                }
-                                let operations = channel.pipeline.syncOperations
-                                try operations.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: settings.maxFrameBytes))
-                                try operations.addHandler(IdleStateHandler(readTimeout: settings.pingInterval))
-                                try operations.addHandler(ChatConnectionHandler(service: service, settings: settings, headerToken: token))
-                            }
-                        }
-                    )
-                    let notFound = NotWebSocketHandler()
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                            context.pipeline.syncOperations.removeHandler(notFound, promise: nil)
-                        })
-                    )
-                    try channel.pipeline.syncOperations.addHandler(notFound)
+                    try channel.pipeline.syncOperations.addHandler(ChatHandshakeHandler(service: service, settings: settings))
                 }
             }
         let channel = try await bootstrap.bind(host: host, port: port).get()
@@ -66,29 +37,5 @@ public final class ChatListener: Sendable {
     /// Stops accepting connections.
     public func close() async {
         try? await channel.close()
-    }
-}
-
-/// Answers plain HTTP requests to the chat listener: only GET /v1/ws with an upgrade is served.
-private final class NotWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let upgrade = head.uri.hasPrefix(ChatListener.path)
-        let body = "{\"code\":\"\(upgrade ? "upgrade_required" : "not_found")\",\"message\":\"connect a WebSocket to \(ChatListener.path)\"}"
-        var headers = HTTPHeaders()
-        if upgrade {
-            headers.add(name: "Upgrade", value: "websocket")
-        }
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
-        headers.add(name: "Connection", value: "close")
-        let status: HTTPResponseStatus = upgrade ? .upgradeRequired : .notFound
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        context.close(mode: .output, promise: nil)
     }
 }
