@@ -316,7 +316,7 @@ public final class MessageLog: Sendable {
 
     /// What one batch writes, and what its sends are answered with once it is durable.
     private struct BatchWrites {
-        var writes: [StorageWrite] = []
+        var writes: StorageBatch
         /// The sends in the batch (failed ones are answered at once and left out), with their answers.
         var included: [Pending] = []
         var acks: [(SendAck, StoredMessage?)] = []
@@ -333,8 +333,8 @@ public final class MessageLog: Sendable {
     private func build(_ batch: Batch) -> BatchWrites {
         let conversation = batch.conversation
         let timestamp = currentTimeMillis()
-        var result = BatchWrites(lastSequence: batch.after, members: batch.members)
-        result.writes.reserveCapacity(batch.pending.count * 2 + 4)
+        var result = BatchWrites(writes: StorageBatch(capacity: batch.pending.count * 2 + 4), lastSequence: batch.after, members: batch.members)
+        let partition = StorageBytes.utf8(conversation.rawValue)
         var firstOfClientID: [ClientRef: Int] = [:]
         var senders: [String: Int64] = [:]
         // The current members change only with membership events: computed once until then.
@@ -380,11 +380,11 @@ public final class MessageLog: Sendable {
             let sequence = result.lastSequence
             let record = Self.record(request, body: body, sequence: sequence, timestamp: timestamp)
             result.clientIDOwner[result.writes.count] = result.included.count
-            result.writes.append(.putIfAbsent(Self.clientKey(request), value: StorageLayout.sequenceKey(sequence) + StorageLayout.sequenceKey(timestamp)))
+            result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: .joined(request.sender.userID, request.clientID), value: .sequences(sequence, timestamp))
             // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
             result.messageWrites.insert(result.writes.count)
-            result.writes.append(.putIfAbsent(StorageLayout.key(StorageLayout.messages, conversation.rawValue, StorageLayout.sequenceKey(sequence)), value: record))
-            result.writes += eventWrites
+            result.writes.add(.putIfAbsent, table: StorageLayout.messages, partition: partition, sort: .sequence(sequence), value: .bytes(record))
+            for write in eventWrites { result.writes.add(write) }
             senders[request.sender.userID] = sequence
             let recipients = alsoNotify.isEmpty ? current : current + alsoNotify
             result.included.append(pending)
@@ -396,7 +396,7 @@ public final class MessageLog: Sendable {
         guard result.lastSequence > batch.after else { return result }
         // Senders have read what they send: their read cursor moves to their last message.
         for (sender, sequence) in senders.sorted(by: { $0.key < $1.key }) {
-            result.writes.append(.put(ReceiptStore.key(conversation, sender, .read), value: StorageLayout.sequenceKey(sequence)))
+            result.writes.add(.put, table: StorageLayout.readCursors, partition: partition, sort: .joined(sender, ReceiptKind.read.rawValue), value: .sequence(sequence))
         }
         var summary = JSONWriter(capacity: 96)
         summary.beginObject()
@@ -404,7 +404,7 @@ public final class MessageLog: Sendable {
         summary.field("last_ts", timestamp)
         summary.endObject()
         for user in summaryUsers.sorted() {
-            result.writes.append(.put(StorageLayout.key(StorageLayout.userConversations, user, Array(conversation.rawValue.utf8)), value: summary.bytes))
+            result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(summary.bytes))
         }
         return result
     }

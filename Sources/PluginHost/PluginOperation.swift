@@ -67,7 +67,7 @@ final class PluginOperation: @unchecked Sendable {
         return memory.bindMemory(to: T.self, capacity: max(1, count))
     }
 
-    private func allocate(byteCount: Int, alignment: Int) -> UnsafeMutableRawPointer {
+    func allocate(byteCount: Int, alignment: Int) -> UnsafeMutableRawPointer {
         if byteCount > Self.chunkSize / 4 {
             let memory = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: max(alignment, 16))
             inputs.append(memory)

@@ -154,12 +154,18 @@ public struct StorageBackend: Sendable {
 
     @discardableResult
     package func apply(_ writes: [StorageWrite], validate: Bool) async throws(PluginCallError) -> StorageBatchResult {
-        if validate {
-            guard !writes.isEmpty else { return StorageBatchResult(counters: [:]) }
-            try Self.validate(writes)
-        }
-        let (operation, call) = prepare(writes)
-        return Self.batchResult(try await instance.perform(operation, call))
+        if validate, writes.isEmpty { return StorageBatchResult(counters: [:]) }
+        let batch = StorageBatch(capacity: writes.count, checkingLimits: validate)
+        for write in writes { batch.add(write) }
+        if let invalid = batch.invalid { throw invalid }
+        return Self.batchResult(try await instance.perform(batch.operation, applyCall(batch)))
+    }
+
+    /// The plugin's `apply` on the batch's array of writes.
+    private func applyCall(_ batch: StorageBatch) -> (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status {
+        let apply = table.apply!
+        let writes = batch.writes, count = batch.count
+        return { handle, op in apply(handle, op, writes, count, MemoryLayout<parley_write>.stride) }
     }
 
     /// Runs `job` on the plugin worker pool, where `applyHere` may be called.
@@ -167,70 +173,17 @@ public struct StorageBackend: Sendable {
         try instance.pool.submit(job)
     }
 
-    /// Applies writes like `apply`, but starts the call on the current thread, which
-    /// must be a plugin worker (inside `onWorker`), and reports to `completion` on the
-    /// thread that finishes the batch (for storage-sqlite, its writer thread) instead
-    /// of resuming a task. Keep `completion` short: it may hold up the plugin's thread.
-    public func applyHere(_ writes: [StorageWrite], completion: @escaping @Sendable (Result<StorageBatchResult, PluginCallError>) -> Void) {
-        guard !writes.isEmpty else { return completion(.success(StorageBatchResult(counters: [:]))) }
-        do {
-            try Self.validate(writes)
-        } catch {
-            return completion(.failure(error))
+    /// Applies a batch like `apply`, but starts the call on the current thread, which must
+    /// be a plugin worker (inside `onWorker`), and reports to `completion` on the thread that
+    /// finishes the batch (for storage-sqlite, its writer thread) instead of resuming a task.
+    /// Keep `completion` short: it may hold up the plugin's thread. A batch that broke a
+    /// limit fails with that error and reaches no plugin.
+    public func applyHere(_ batch: StorageBatch, completion: @escaping @Sendable (Result<StorageBatchResult, PluginCallError>) -> Void) {
+        if let invalid = batch.invalid { return completion(.failure(invalid)) }
+        guard batch.count > 0 else { return completion(.success(StorageBatchResult(counters: [:]))) }
+        instance.performHere(batch.operation, applyCall(batch)) { result in
+            completion(result.map(Self.batchResult))
         }
-        let (operation, call) = prepare(writes)
-        instance.performHere(operation, call) { result in completion(result.map(Self.batchResult)) }
-    }
-
-    private static func validate(_ writes: [StorageWrite]) throws(PluginCallError) {
-        guard writes.count <= StorageLimits.maxBatchWrites else {
-            throw .invalidArgument("a batch holds \(writes.count) writes; the limit is \(StorageLimits.maxBatchWrites)")
-        }
-        for write in writes {
-            try validate(write.key)
-            switch write {
-            case .put(_, let value), .putIfAbsent(_, let value), .compareAndSet(_, _, let value):
-                guard value.count <= StorageLimits.maxValueBytes else {
-                    throw .invalidArgument("value of \(value.count) bytes exceeds \(StorageLimits.maxValueBytes)")
-                }
-            case .delete, .counterAdd:
-                break
-            }
-        }
-    }
-
-    /// The operation owning a batch's C array of writes, and the plugin call on it.
-    private func prepare(_ writes: [StorageWrite]) -> (PluginOperation, (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status) {
-        let operation = PluginOperation()
-        let array = operation.borrowArray(of: parley_write.self, count: writes.count)
-        for (index, write) in writes.enumerated() {
-            var entry = parley_write()
-            entry.struct_size = UInt32(MemoryLayout<parley_write>.stride)
-            entry.table = operation.borrow(write.key.table)
-            entry.partition = operation.borrow(write.key.partition)
-            entry.sort = operation.borrow(write.key.sort)
-            switch write {
-            case .put(_, let value):
-                entry.kind = PARLEY_WRITE_PUT
-                entry.value = operation.borrow(value)
-            case .delete:
-                entry.kind = PARLEY_WRITE_DELETE
-            case .putIfAbsent(_, let value):
-                entry.kind = PARLEY_WRITE_PUT_IF_ABSENT
-                entry.value = operation.borrow(value)
-            case .compareAndSet(_, let expected, let value):
-                entry.kind = PARLEY_WRITE_COMPARE_AND_SET
-                entry.value = operation.borrow(value)
-                entry.expected = operation.borrow(expected)
-            case .counterAdd(_, let delta):
-                entry.kind = PARLEY_WRITE_COUNTER_ADD
-                entry.delta = delta
-            }
-            (array + index).initialize(to: entry)
-        }
-        let apply = table.apply!
-        let count = writes.count
-        return (operation, { handle, op in apply(handle, op, array, count, MemoryLayout<parley_write>.stride) })
     }
 
     private static func batchResult(_ output: PluginOutput) -> StorageBatchResult {

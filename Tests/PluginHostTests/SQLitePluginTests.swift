@@ -102,4 +102,37 @@ struct SQLitePluginTests {
         }
         await storage.instance.shutdown()
     }
+
+    /// The hot path's batches are built in place: their bytes must equal the plain form's,
+    /// and a broken limit must fail the batch before the plugin sees it.
+    @Test func batchesBuiltInPlaceStoreTheSameBytes() async throws {
+        let path = try TestSupport.scratchFolder().appendingPathComponent("db").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 16)
+        defer { pool.shutdown() }
+        let storage = try open(["path": path], pool: pool)
+        func applyHere(_ batch: StorageBatch) async throws -> Result<StorageBatchResult, PluginCallError> {
+            await withCheckedContinuation { continuation in
+                do throws(PluginCallError) {
+                    try storage.onWorker { storage.applyHere(batch) { continuation.resume(returning: $0) } }
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        let batch = StorageBatch(capacity: 1)
+        batch.add(.put, table: Array("t".utf8), partition: .utf8("p"), sort: .joined("alice", "x"), value: .sequences(1, -2))
+        batch.add(.putIfAbsent, table: Array("t".utf8), partition: .utf8("p"), sort: .sequence(258), value: .bytes([9, 8]))
+        batch.add(.delete(StorageKey(table: "t", partition: Array("p".utf8), sort: Array("gone".utf8))))
+        #expect(batch.count == 3)
+        _ = try await applyHere(batch).get()
+        #expect(try await storage.get(StorageKey(table: "t", partition: Array("p".utf8), sort: Array("alice".utf8) + [0, UInt8(ascii: "x")])) == [0, 0, 0, 0, 0, 0, 0, 1] + [255, 255, 255, 255, 255, 255, 255, 254])
+        #expect(try await storage.get(StorageKey(table: "t", partition: Array("p".utf8), sort: [0, 0, 0, 0, 0, 0, 1, 2])) == [9, 8])
+
+        let tooLarge = StorageBatch()
+        tooLarge.add(.put, table: Array("t".utf8), partition: .utf8("p"), sort: .utf8("big"), value: .bytes([UInt8](repeating: 0, count: StorageLimits.maxValueBytes + 1)))
+        guard case .failure(.invalidArgument(let message)) = try await applyHere(tooLarge) else { throw TestFailure("an oversize value was accepted") }
+        #expect(message.contains("exceeds"))
+        #expect(try await storage.get(StorageKey(table: "t", partition: Array("p".utf8), sort: Array("big".utf8))) == nil)
+        await storage.instance.shutdown()
+    }
 }
