@@ -128,13 +128,21 @@ public final class MessageLog: Sendable {
     public let limits: Limits
     private let storage: StorageBackend
     private let state = Mutex(State())
-    private let membersLoader = Mutex<(@Sendable (ConversationID) async throws -> ConversationMembers)?>(nil)
+    // The installed closure is kept inside a struct. A bare optional closure in a Mutex,
+    // read with `withLock { $0 }`, is written back wrapped in reabstraction thunks each
+    // time (Swift 6.3): after n reads a call walks n thunks, and a long-running server that
+    // loads many conversations would slow down quadratically and finally overflow its stack.
+    private struct MembersLoader {
+        let load: @Sendable (ConversationID) async throws -> ConversationMembers
+    }
+
+    private let membersLoader = Mutex<MembersLoader?>(nil)
 
     /// Installs how a conversation's members are read, once per conversation before its
     /// first write or read in this process (the server checks direct conversations' users
     /// exist and reads groups' stored members). A thrown `ChatError` fails the requests.
     public func loadMembers(with loader: @escaping @Sendable (ConversationID) async throws -> ConversationMembers) {
-        membersLoader.withLock { $0 = loader }
+        membersLoader.withLock { $0 = MembersLoader(load: loader) }
     }
 
     public init(storage: StorageBackend, limits: Limits = Limits()) {
@@ -281,7 +289,7 @@ public final class MessageLog: Sendable {
             return ConversationMembers(exists: true, members: Dictionary(uniqueKeysWithValues: conversation.participants.map { ($0, .init(role: .member, fromSequence: 1)) }))
         }
         do {
-            return try await loader(conversation)
+            return try await loader.load(conversation)
         } catch let error as ChatError {
             throw error
         } catch {
