@@ -1,11 +1,10 @@
 // One device's WebSocket connection as the rest of the server sees it: send a frame
 // from any thread, close it with a code.
 //
-// Outgoing text frames skip NIO's frame encoder: each is encoded (header and payload)
-// into the connection's one pending buffer, and the buffer goes to the socket once per
-// event-loop tick, however many frames it holds. Frames sent from other threads
-// (storage completions, tasks) reach the loop through its `LoopWriter`, one hand-over per
-// batch, not one per frame.
+// Outgoing frames are encoded here (header and payload) into the connection's one pending
+// buffer, and the buffer goes to the socket once per event-loop tick, however many frames
+// it holds. Frames sent from other threads (storage completions, tasks) reach the loop
+// through its `LoopWriter`, one hand-over per batch, not one per frame.
 import NIOCore
 import NIOWebSocket
 import ParleyCore
@@ -20,8 +19,8 @@ public final class ChatConnection: @unchecked Sendable {
     let writer: LoopWriter
 
     // Event-loop state: read and written only on `channel.eventLoop`.
-    /// Where encoded frames go to the socket, below the WebSocket frame encoder.
-    /// Dropped when the connection closes, which ends the reference cycle through the pipeline.
+    /// Where encoded frames go toward the socket. Dropped when the connection closes, which
+    /// ends the reference cycle through the pipeline.
     private var socketContext: ChannelHandlerContext?
     private var pending: ByteBuffer?
     private var unwritableWrites = 0
@@ -32,10 +31,13 @@ public final class ChatConnection: @unchecked Sendable {
     var lastRead = NIODeadline.now()
     var lastPing = NIODeadline.now()
     let openedAt = NIODeadline.now()
+    /// When the close frame was sent; the socket is closed `closeGrace` later at the latest.
+    private var closingSince = NIODeadline.now()
+    static let closeGrace = TimeAmount.seconds(5)
     let timing: ChatListenerSettings.Timing
 
-    /// `socketContext` is the context of the pipeline's `WebSocketFrameEncoder`: a write
-    /// made through it goes on toward the socket without being encoded again. On the event loop.
+    /// `socketContext` is the context of the connection's handler: writes made through it
+    /// go toward the socket (through TLS, when configured). On the event loop.
     init(channel: any Channel, socketContext: ChannelHandlerContext, maxUnwritableWrites: Int, timing: ChatListenerSettings.Timing) {
         self.channel = channel
         self.socketContext = socketContext
@@ -54,6 +56,11 @@ public final class ChatConnection: @unchecked Sendable {
         writer.send(payload, to: self)
     }
 
+    static let textOpcode: UInt8 = 0x1
+    static let closeOpcode: UInt8 = 0x8
+    static let pingOpcode: UInt8 = 0x9
+    static let pongOpcode: UInt8 = 0xA
+
     /// Encodes a text frame into the pending buffer. On the event loop.
     func append(_ payload: ByteBuffer) {
         guard channel.isActive, !closing else { return }
@@ -66,13 +73,24 @@ public final class ChatConnection: @unchecked Sendable {
                 return
             }
         }
+        encode(opcode: Self.textOpcode, payload)
+    }
+
+    /// Sends a control frame (ping, pong) at once. On the event loop.
+    func sendControl(opcode: UInt8, _ payload: ByteBuffer) {
+        guard channel.isActive, !closing else { return }
+        encode(opcode: opcode, payload)
+        flushPending()
+    }
+
+    /// Appends a whole frame to the pending buffer: FIN and the opcode, then the payload
+    /// length (RFC 6455, section 5.2); a server's frames are not masked.
+    private func encode(opcode: UInt8, _ payload: ByteBuffer) {
         let length = payload.readableBytes
         if pending == nil {
             pending = channel.allocator.buffer(capacity: max(2048, length + 10))
         }
-        // FIN and the text opcode, then the payload length (RFC 6455, section 5.2);
-        // a server's frames are not masked.
-        pending!.writeInteger(UInt8(0x81))
+        pending!.writeInteger(0x80 | opcode)
         if length < 126 {
             pending!.writeInteger(UInt8(length))
         } else if length <= Int(UInt16.max) {
@@ -104,15 +122,18 @@ public final class ChatConnection: @unchecked Sendable {
     /// The loop writer's check, a few times a second: closes a connection that has not
     /// authenticated in time or has been silent too long, and pings a quiet one.
     func checkTimers(now: NIODeadline) {
-        guard !closing, channel.isActive else { return }
+        guard channel.isActive else { return }
+        if closing {
+            if now - closingSince >= Self.closeGrace { channel.close(promise: nil) }
+            return
+        }
         if now - openedAt >= timing.authentication, session.withLock({ $0 == nil }) {
             close(code: .init(codeNumber: ChatCloseCode.authenticationTimeout), reason: "no hello within the time allowed")
         } else if now - lastRead >= timing.idle {
             close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
         } else if now - lastRead >= timing.ping, now - lastPing >= timing.ping {
             lastPing = now
-            flushPending()
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()), promise: nil)
+            sendControl(opcode: Self.pingOpcode, ByteBuffer())
         }
     }
 
@@ -122,15 +143,26 @@ public final class ChatConnection: @unchecked Sendable {
             channel.eventLoop.execute { self.close(code: code, reason: reason) }
             return
         }
-        guard !closing, channel.isActive else { return }
-        flushPending()
-        closing = true
+        guard !closing, channel.isActive, let socketContext else { return }
         var data = channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
-        data.writeString(reason)
+        // A control frame carries at most 125 bytes: the code and up to 123 of the reason.
+        data.writeBytes(reason.utf8.prefix(123))
+        encode(opcode: Self.closeOpcode, data)
+        closing = true
+        let frames = pending!
+        pending = nil
+        closingSince = .now()
+        // Then end the output only, and read (and drop) what the client still sends until it
+        // closes: closing with unread input resets the connection, and the client could lose
+        // the close frame. The timer check closes it for good after `closeGrace`.
         let channel = self.channel
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)).whenComplete { _ in
-            channel.close(promise: nil)
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        socketContext.writeAndFlush(NIOAny(frames), promise: written)
+        written.futureResult.whenComplete { _ in
+            let halfClosed = channel.eventLoop.makePromise(of: Void.self)
+            channel.close(mode: .output, promise: halfClosed)
+            halfClosed.futureResult.whenFailure { _ in channel.close(promise: nil) }
         }
     }
 }

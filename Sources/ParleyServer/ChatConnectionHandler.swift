@@ -29,14 +29,19 @@ public struct ChatListenerSettings: Sendable {
     var timing: Timing { Timing(authentication: authenticationTimeout, ping: pingInterval, idle: idleTimeout) }
 }
 
-final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+/// The one handler of a chat connection after its handshake: reads WebSocket frames
+/// (`WebSocketReader`), enforces the rate limit, answers pings, and hands text messages to
+/// the ChatService. Frames it sends are encoded by `ChatConnection`.
+final class ChatConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
 
     private let service: ChatService
     private let settings: ChatListenerSettings
     private let headerToken: String?
     private var connection: ChatConnection?
+    private var reader: WebSocketReader
+    /// A close frame was received or sent, or the frames broke the protocol: read no more.
+    private var finished = false
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
 
@@ -44,17 +49,12 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         self.service = service
         self.settings = settings
         self.headerToken = headerToken
+        reader = WebSocketReader(maxMessageBytes: settings.maxFrameBytes)
         tokens = settings.burstFrames
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        // The upgrader put the frame encoder in the pipeline before this handler; frames
-        // are encoded by ChatConnection and written through the encoder's context.
-        guard let encoder = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self) else {
-            context.close(promise: nil)
-            return
-        }
-        let connection = ChatConnection(channel: context.channel, socketContext: encoder, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
+        let connection = ChatConnection(channel: context.channel, socketContext: context, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
         self.connection = connection
         if let headerToken {
             service.handle(ByteBuffer(bytes: ChatFrames.reply("hello", id: nil) { $0.field("token", headerToken) }).readableBytesView, from: connection)
@@ -70,41 +70,46 @@ final class ChatConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        guard let connection else { return }
+        guard let connection, !finished else { return }
+        var bytes = unwrapInboundIn(data)
         connection.lastRead = .now()
-        switch frame.opcode {
-        case .text:
+        reader.append(&bytes)
+        do throws(WebSocketReader.Failure) {
+            while !finished, let event = try reader.next() {
+                handle(event, connection)
+            }
+        } catch {
+            finished = true
+            switch error {
+            case .tooLarge: connection.close(code: .messageTooLarge, reason: "message larger than \(settings.maxFrameBytes) bytes")
+            case .protocolError(let reason): connection.close(code: .protocolError, reason: reason)
+            }
+        }
+    }
+
+    private func handle(_ event: WebSocketReader.Event, _ connection: ChatConnection) {
+        switch event {
+        case .text(let payload):
             guard allowFrame() else {
                 // The reply names the dropped request, so the client can retry it.
-                let id = (try? JSONParser.parse(frame.unmaskedData.readableBytesView))?["id"]?.stringValue
+                let id = (try? JSONParser.parse(payload.readableBytesView))?["id"]?.stringValue
                 connection.send(ChatFrames.error(id: id, ChatError("rate_limited", "more than \(Int(settings.framesPerSecond)) frames per second; this frame was dropped")))
                 return
             }
-            service.handle(frame.unmaskedData.readableBytesView, from: connection)
+            service.handle(payload.readableBytesView, from: connection)
         case .binary:
             connection.send(ChatFrames.error(id: nil, ChatError("unsupported_frame", "binary frames are not used; send JSON text frames")))
-        case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
-        case .connectionClose:
-            var data = frame.unmaskedData
-            let code = data.readWebSocketErrorCode() ?? .normalClosure
-            connection.close(code: code, reason: "")
-        default:
+        case .ping(let payload):
+            connection.sendControl(opcode: ChatConnection.pongOpcode, payload)
+        case .pong:
             break
+        case .close(let code):
+            finished = true
+            connection.close(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) } ?? .normalClosure, reason: "")
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is NIOWebSocketFrameAggregator.Error, let connection {
-            connection.close(code: .messageTooLarge, reason: "message larger than \(settings.maxFrameBytes) bytes")
-            return
-        }
-        if let error = error as? NIOWebSocketError, let connection {
-            let tooLarge = error == .invalidFrameLength
-            connection.close(code: tooLarge ? .messageTooLarge : .protocolError, reason: tooLarge ? "frame larger than \(settings.maxFrameBytes) bytes" : "WebSocket protocol error")
-            return
-        }
         context.close(promise: nil)
     }
 

@@ -1,13 +1,12 @@
 // The HTTP/1.1 request that opens a chat connection: the WebSocket opening handshake
-// (RFC 6455, section 4.2), read and answered by one handler that then puts the WebSocket
-// handlers in its place.
+// (RFC 6455, section 4.2), read and answered by one handler that then puts the chat
+// connection's handler in its place.
 //
 // NIO's generic HTTP server pipeline with its upgrader costs five handlers added and
 // removed, a chain of futures and a full HTTP parser for one request per connection;
 // profiles of reconnect storms put a third of the server's time there. The chat listener
 // serves exactly one kind of request, so it reads that request itself.
 import NIOCore
-import NIOWebSocket
 import ParleyJSON
 
 final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -75,24 +74,18 @@ final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler
         }
     }
 
-    /// Answers 101, puts the WebSocket handlers after this one (it is the last), hands them any bytes that
-    /// followed the request, and leaves the pipeline.
+    /// Answers 101, puts the chat connection's handler after this one (it is the last),
+    /// hands it any bytes that followed the request, and leaves the pipeline.
     private func upgrade(_ context: ChannelHandlerContext, key: String, token: String?, rest: ByteBuffer) {
         answered = true
         upgraded = true
         do {
-            let handlers: [any ChannelHandler] = [
-                WebSocketFrameEncoder(),
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: settings.maxFrameBytes)),
-                NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: settings.maxFrameBytes),
-                ChatConnectionHandler(service: service, settings: settings, headerToken: token),
-            ]
             var response = context.channel.allocator.buffer(capacity: 160)
             response.writeString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")
             response.writeString(WebSocketAccept.value(forKey: key))
             response.writeString("\r\n\r\n")
             context.writeAndFlush(wrapOutboundOut(response), promise: nil)
-            try context.pipeline.syncOperations.addHandlers(handlers)
+            try context.pipeline.syncOperations.addHandler(ChatConnectionHandler(service: service, settings: settings, headerToken: token))
             if rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {

@@ -109,4 +109,63 @@ struct HandshakeTests {
         #expect(ContinuousClock.now - started < .seconds(18))
         await server.stop()
     }
+
+    /// A client frame, masked with a fixed key.
+    private func frame(_ opcode: UInt8, _ payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv: UInt8 = 0) -> [UInt8] {
+        var bytes: [UInt8] = [(fin ? 0x80 : 0) | rsv | opcode]
+        let maskBit: UInt8 = masked ? 0x80 : 0
+        if payload.count < 126 {
+            bytes.append(maskBit | UInt8(payload.count))
+        } else {
+            bytes += [maskBit | 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)]
+        }
+        guard masked else { return bytes + payload }
+        let key: [UInt8] = [0x37, 0xFA, 0x21, 0x3D]
+        return bytes + key + payload.enumerated().map { $0.element ^ key[$0.offset % 4] }
+    }
+
+    /// The server's frames after the 101 response: (opcode, payload).
+    private func serverFrames(_ bytes: [UInt8]) -> [(UInt8, [UInt8])] {
+        var frames: [(UInt8, [UInt8])] = []
+        var index = 129
+        while index + 2 <= bytes.count {
+            var length = Int(bytes[index + 1] & 0x7F), header = 2
+            if length == 126, index + 4 <= bytes.count { length = Int(bytes[index + 2]) << 8 | Int(bytes[index + 3]); header = 4 }
+            guard index + header + length <= bytes.count else { break }
+            frames.append((bytes[index] & 0x0F, Array(bytes[(index + header)..<(index + header + length)])))
+            index += header + length
+        }
+        return frames
+    }
+
+    /// The server reads frames itself: fragments with a ping between them, and every kind
+    /// of broken frame closes with the code RFC 6455 gives it.
+    @Test func framesAreReadAsRFC6455Says() async throws {
+        let server = try await TestServer.start(["chat.max_frame_bytes=4096"])
+        let port = server.node.chatPort!
+        let upgrade = Array(upgradeRequest().utf8)
+        let request = Array(#"{"type":"ping","id":"fragmented"}"#.utf8)
+        let fragmented = try await onThread {
+            try exchange(upgrade + frame(0x1, Array(request[0..<10]), fin: false) + frame(0x9, [7, 7]) + frame(0x0, Array(request[10..<20]), fin: false)
+                + frame(0x0, Array(request[20...])) + frame(0x8, [0x03, 0xE8]), port: port, waitSeconds: 5)
+        }
+        let replies = serverFrames(fragmented)
+        #expect(replies.first.map { $0.0 == 0xA && $0.1 == [7, 7] } == true, "the ping between fragments is answered at once")
+        #expect(replies.contains { $0.0 == 0x1 && String(decoding: $0.1, as: UTF8.self).contains(#""id":"fragmented""#) }, "the reassembled message is answered")
+        #expect(replies.last.map { $0.0 == 0x8 && Array($0.1.prefix(2)) == [0x03, 0xE8] } == true, "a close is answered with the same code")
+
+        func closeCode(_ frames: [UInt8]) async throws -> Int? {
+            let bytes = try await onThread { try exchange(upgrade + frames, port: port, waitSeconds: 5) }
+            guard let close = serverFrames(bytes).last, close.0 == 0x8, close.1.count >= 2 else { return nil }
+            return Int(close.1[0]) << 8 | Int(close.1[1])
+        }
+        #expect(try await closeCode(frame(0x1, request, masked: false)) == 1002, "unmasked client frame")
+        #expect(try await closeCode(frame(0x1, request, rsv: 0x40)) == 1002, "reserved bit without an extension")
+        #expect(try await closeCode(frame(0x0, request)) == 1002, "continuation without a message")
+        #expect(try await closeCode(frame(0x3, request)) == 1002, "reserved opcode")
+        #expect(try await closeCode(frame(0x9, [UInt8](repeating: 1, count: 126))) == 1002, "control frame over 125 bytes")
+        #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 5_000))) == 1009, "one frame over the limit")
+        #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 3_000), fin: false) + frame(0x0, [UInt8](repeating: 0x20, count: 3_000))) == 1009, "fragments over the limit")
+        await server.stop()
+    }
 }

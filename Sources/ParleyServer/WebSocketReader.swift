@@ -1,0 +1,143 @@
+// Reads a client's WebSocket frames (RFC 6455, section 5) from the bytes of one connection:
+// unmasks each payload in place and hands it on as a slice of the bytes read, with no frame
+// objects and no copy; reassembles fragmented messages up to a size limit.
+import NIOCore
+
+struct WebSocketReader {
+    enum Event {
+        /// A whole text message.
+        case text(ByteBuffer)
+        case binary
+        case ping(ByteBuffer)
+        case pong
+        /// A close frame, with its status code when it has one.
+        case close(UInt16?)
+    }
+
+    enum Failure: Error {
+        /// Not a valid frame sequence (close code 1002), with the reason.
+        case protocolError(String)
+        /// A message over the limit (close code 1009).
+        case tooLarge
+    }
+
+    let maxMessageBytes: Int
+    /// Bytes read and not yet consumed.
+    private var buffer: ByteBuffer?
+    /// The fragments so far of a message sent in several frames, and its opcode.
+    private var fragments: ByteBuffer?
+    private var fragmentsAreText = false
+
+    init(maxMessageBytes: Int) {
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    mutating func append(_ bytes: inout ByteBuffer) {
+        if buffer == nil || buffer!.readableBytes == 0 {
+            buffer = bytes
+        } else {
+            buffer!.writeBuffer(&bytes)
+        }
+    }
+
+    /// The next event, or nil when more bytes are needed.
+    mutating func next() throws(Failure) -> Event? {
+        while true {
+            guard buffer != nil, let frame = try nextFrame() else {
+                if buffer?.readableBytes == 0 { buffer = nil }
+                return nil
+            }
+            switch frame.opcode {
+            case 0x0:
+                guard fragments != nil else { throw .protocolError("a continuation frame without a message to continue") }
+                guard fragments!.readableBytes + frame.payload.readableBytes <= maxMessageBytes else { throw .tooLarge }
+                fragments!.writeImmutableBuffer(frame.payload)
+                guard frame.fin else { continue }
+                let message = fragments!
+                fragments = nil
+                return fragmentsAreText ? .text(message) : .binary
+            case 0x1, 0x2:
+                guard fragments == nil else { throw .protocolError("a new message began before the last one ended") }
+                if frame.fin { return frame.opcode == 0x1 ? .text(frame.payload) : .binary }
+                // Copied out, so the read buffer stays unshared and can be unmasked in place.
+                var first = ByteBufferAllocator().buffer(capacity: frame.payload.readableBytes)
+                first.writeImmutableBuffer(frame.payload)
+                fragments = first
+                fragmentsAreText = frame.opcode == 0x1
+            case 0x8:
+                return .close(frame.payload.readableBytes >= 2 ? frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt16.self) : nil)
+            case 0x9:
+                return .ping(frame.payload)
+            default:
+                return .pong
+            }
+        }
+    }
+
+    private struct Frame {
+        var fin: Bool
+        var opcode: UInt8
+        var payload: ByteBuffer
+    }
+
+    /// Takes one whole frame off the buffer, unmasked; nil when it has not all arrived.
+    private mutating func nextFrame() throws(Failure) -> Frame? {
+        let start = buffer!.readerIndex
+        let available = buffer!.readableBytes
+        guard available >= 2, let first = buffer!.getInteger(at: start, as: UInt8.self), let second = buffer!.getInteger(at: start + 1, as: UInt8.self) else { return nil }
+        let fin = first & 0x80 != 0
+        let opcode = first & 0x0F
+        guard first & 0x70 == 0 else { throw .protocolError("reserved bits are set; no extension was negotiated") }
+        guard second & 0x80 != 0 else { throw .protocolError("frames from a client must be masked") }
+        var header = 2
+        var length = UInt64(second & 0x7F)
+        if length == 126 {
+            guard available >= 4, let extended = buffer!.getInteger(at: start + 2, as: UInt16.self) else { return nil }
+            length = UInt64(extended)
+            header = 4
+        } else if length == 127 {
+            guard available >= 10, let extended = buffer!.getInteger(at: start + 2, as: UInt64.self) else { return nil }
+            length = extended
+            header = 10
+        }
+        switch opcode {
+        case 0x8, 0x9, 0xA:
+            guard fin, length <= 125 else { throw .protocolError("a control frame must be whole and at most 125 bytes") }
+        case 0x0, 0x1, 0x2:
+            guard length <= UInt64(maxMessageBytes) else { throw .tooLarge }
+        default:
+            throw .protocolError("unknown opcode \(opcode)")
+        }
+        let count = Int(length)
+        guard available >= header + 4 + count else { return nil }
+        let maskAt = start + header
+        let payloadAt = maskAt + 4
+        buffer!.withUnsafeMutableReadableBytes { bytes in
+            let mask = (bytes[header], bytes[header + 1], bytes[header + 2], bytes[header + 3])
+            let payload = UnsafeMutableRawBufferPointer(rebasing: bytes[(header + 4)..<(header + 4 + count)])
+            Self.unmask(payload, mask)
+        }
+        let payload = buffer!.getSlice(at: payloadAt, length: count)!
+        buffer!.moveReaderIndex(to: payloadAt + count)
+        return Frame(fin: fin, opcode: opcode, payload: payload)
+    }
+
+    /// XORs the payload with the repeating 4-byte key, eight bytes at a time.
+    private static func unmask(_ payload: UnsafeMutableRawBufferPointer, _ mask: (UInt8, UInt8, UInt8, UInt8)) {
+        let key = [mask.0, mask.1, mask.2, mask.3]
+        var word: UInt64 = 0
+        withUnsafeMutableBytes(of: &word) { bytes in
+            for index in 0..<8 { bytes[index] = key[index % 4] }
+        }
+        var index = 0
+        while index + 8 <= payload.count {
+            let value = payload.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            payload.storeBytes(of: value ^ word, toByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        while index < payload.count {
+            payload[index] ^= key[index % 4]
+            index += 1
+        }
+    }
+}
