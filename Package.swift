@@ -95,7 +95,8 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
-        // The HTTP API (Hummingbird) and the chat listener (SwiftNIO WebSocket handlers).
+        // The HTTP API (Hummingbird) and the chat listener (its own SwiftNIO handlers for the
+        // WebSocket handshake and frames).
         .target(
             name: "ParleyServer",
             dependencies: [
@@ -104,7 +105,6 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Hummingbird", package: "hummingbird"),
