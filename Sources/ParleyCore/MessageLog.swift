@@ -432,8 +432,11 @@ public final class MessageLog: Sendable {
         storage.applyHere(built.writes) { [self] result in
             switch result {
             case .success:
-                finishWrite(batch.conversation, storedUpTo: built.lastSequence, members: built.members, requeue: [])
+                // Answer (and so deliver) this batch before the next one can start: a plugin that
+                // completes on the worker thread would otherwise let another worker store and
+                // deliver the next sequences while these are still being handed out.
                 for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
+                finishWrite(batch.conversation, storedUpTo: built.lastSequence, members: built.members, requeue: [])
             case .failure(let error):
                 if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = built.clientIDOwner[index] {
                     var remaining = built.included

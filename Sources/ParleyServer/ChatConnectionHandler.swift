@@ -72,10 +72,12 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !finished else { return }
         var bytes = unwrapInboundIn(data)
-        connection.lastRead = .now()
         reader.append(&bytes)
         do throws(WebSocketReader.Failure) {
             while !finished, let event = try reader.next() {
+                // Whole frames count as signs of life, not bytes: a trickle of a frame's bytes
+                // does not keep a connection open.
+                connection.lastRead = .now()
                 handle(event, connection)
             }
         } catch {

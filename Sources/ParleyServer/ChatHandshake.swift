@@ -140,6 +140,7 @@ struct HandshakeRefusal: Error {
 struct HandshakeRequest {
     var method: Substring
     var target: Substring
+    var version: Substring
     var headers: [(name: String, value: Substring)] = []
 
     init?(head: ByteBufferView.SubSequence) {
@@ -150,6 +151,7 @@ struct HandshakeRequest {
         guard parts.count == 3, !parts[0].isEmpty, parts[1].hasPrefix("/") || parts[1] == "*", parts[2] == "HTTP/1.1" || parts[2] == "HTTP/1.0" else { return nil }
         method = parts[0]
         target = parts[1]
+        version = parts[2]
         for line in lines {
             // No folded lines (obsolete) and no names with spaces before the colon.
             guard let colon = line.firstIndex(of: ":"), colon != line.startIndex, !line[..<colon].contains(" "), line.first != " ", line.first != "\t" else { return nil }
@@ -185,11 +187,25 @@ struct HandshakeRequest {
         guard values("sec-websocket-version") == ["13"] else {
             return .failure(HandshakeRefusal(status: "426 Upgrade Required", code: "unsupported_websocket_version", message: "only WebSocket version 13 is supported", headers: [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]))
         }
+        guard version == "HTTP/1.1", values("host").count == 1 else {
+            return .failure(HandshakeRefusal(status: "400 Bad Request", code: "bad_handshake", message: "a WebSocket upgrade is an HTTP/1.1 request with one Host header"))
+        }
         let keys = values("sec-websocket-key")
-        guard keys.count == 1, let key = keys.first, key.utf8.count == 24 else {
+        guard keys.count == 1, let key = keys.first, Self.isBase64Of16Bytes(key) else {
             return .failure(HandshakeRefusal(status: "400 Bad Request", code: "bad_handshake", message: "Sec-WebSocket-Key must be given once, as 16 bytes in base64"))
         }
         return .success(String(key))
+    }
+}
+
+extension HandshakeRequest {
+    /// 16 bytes in base64: 22 characters of the alphabet, then "==" (the last character
+    /// before them carries only 2 bits, so it is one of A, Q, g, w).
+    static func isBase64Of16Bytes(_ key: Substring) -> Bool {
+        let bytes = Array(key.utf8)
+        guard bytes.count == 24, bytes[22] == UInt8(ascii: "="), bytes[23] == UInt8(ascii: "=") else { return false }
+        let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        return bytes[..<22].allSatisfy(alphabet.contains) && "AQgw".utf8.contains(bytes[21])
     }
 }
 

@@ -1,6 +1,7 @@
 // Reads a client's WebSocket frames (RFC 6455, section 5) from the bytes of one connection:
 // unmasks each payload in place and hands it on as a slice of the bytes read, with no frame
-// objects and no copy; reassembles fragmented messages up to a size limit.
+// objects (the first unmask of a read copies the read buffer once, since NIO still holds it
+// during the read); reassembles fragmented messages up to a size limit.
 import NIOCore
 
 struct WebSocketReader {
@@ -36,6 +37,9 @@ struct WebSocketReader {
         if buffer == nil || buffer!.readableBytes == 0 {
             buffer = bytes
         } else {
+            // Keep only the unread part of a frame, so a client that always leaves one pending
+            // cannot make the buffer grow.
+            buffer!.discardReadBytes()
             buffer!.writeBuffer(&bytes)
         }
     }
@@ -65,7 +69,13 @@ struct WebSocketReader {
                 fragments = first
                 fragmentsAreText = frame.opcode == 0x1
             case 0x8:
-                return .close(frame.payload.readableBytes >= 2 ? frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt16.self) : nil)
+                guard frame.payload.readableBytes != 1 else { throw .protocolError("a close frame's code has two bytes") }
+                guard let code = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt16.self) else { return .close(nil) }
+                // RFC 6455, section 7.4: codes a peer may send.
+                guard (1000...1003).contains(code) || (1007...1011).contains(code) || (3000...4999).contains(code) else {
+                    throw .protocolError("close code \(code) may not be sent")
+                }
+                return .close(code)
             case 0x9:
                 return .ping(frame.payload)
             default:

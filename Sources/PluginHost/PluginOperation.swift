@@ -154,6 +154,13 @@ final class PluginOperation: @unchecked Sendable {
         pointer.map { Unmanaged<PluginOperation>.fromOpaque(UnsafeRawPointer($0)).takeUnretainedValue() }
     }
 
+    /// Frees the inputs of an operation that never reached the plugin (a batch with nothing
+    /// to store, one that broke a limit, a call after shutdown); `finish` has already freed
+    /// those of every other.
+    deinit {
+        discard()
+    }
+
     private func discard() {
         for input in inputs { input.deallocate() }
         inputs.removeAll()

@@ -142,7 +142,7 @@ public final class StorageBatch: @unchecked Sendable {
         if count == capacity {
             // The old array stays with the operation until it finishes; it is not reused.
             let grown = operation.borrowArray(of: parley_write.self, count: capacity * 2)
-            grown.update(from: writes, count: count)
+            grown.initialize(from: writes, count: count)
             writes = grown
             capacity *= 2
         }

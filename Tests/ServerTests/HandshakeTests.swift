@@ -79,6 +79,13 @@ struct HandshakeTests {
         let twoKeys = try exchange(upgradeRequest(extra: "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), port: port)
         #expect(twoKeys.hasPrefix("HTTP/1.1 400 ") && twoKeys.contains("bad_handshake"))
 
+        let http10 = try exchange(upgradeRequest().replacingOccurrences(of: "HTTP/1.1", with: "HTTP/1.0"), port: port)
+        #expect(http10.hasPrefix("HTTP/1.1 400 ") && http10.contains("bad_handshake"), "an upgrade needs HTTP/1.1")
+        let noHost = try exchange(upgradeRequest().replacingOccurrences(of: "Host: 127.0.0.1\r\n", with: ""), port: port)
+        #expect(noHost.hasPrefix("HTTP/1.1 400 ") && noHost.contains("bad_handshake"), "an upgrade needs a Host header")
+        let notBase64 = try exchange(upgradeRequest(key: "!!!!!!!!!!!!!!!!!!!!!!=="), port: port)
+        #expect(notBase64.hasPrefix("HTTP/1.1 400 ") && notBase64.contains("bad_handshake"))
+
         let garbage = try exchange("HELLO\r\n\r\n", port: port)
         #expect(garbage.hasPrefix("HTTP/1.1 400 ") && garbage.contains("bad_request"))
 
@@ -164,6 +171,8 @@ struct HandshakeTests {
         #expect(try await closeCode(frame(0x0, request)) == 1002, "continuation without a message")
         #expect(try await closeCode(frame(0x3, request)) == 1002, "reserved opcode")
         #expect(try await closeCode(frame(0x9, [UInt8](repeating: 1, count: 126))) == 1002, "control frame over 125 bytes")
+        #expect(try await closeCode(frame(0x8, [0x03, 0xED])) == 1002, "close code 1005 may not be sent")
+        #expect(try await closeCode(frame(0x8, [0x03])) == 1002, "a close payload of one byte")
         #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 5_000))) == 1009, "one frame over the limit")
         #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 3_000), fin: false) + frame(0x0, [UInt8](repeating: 0x20, count: 3_000))) == 1009, "fragments over the limit")
         await server.stop()

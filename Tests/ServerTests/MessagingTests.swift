@@ -110,6 +110,37 @@ struct MessagingTests {
         await server.stop()
     }
 
+    /// storage-lmdb completes each batch on the worker thread that applied it, so the next
+    /// batch of a conversation can be stored on another worker while this one's messages are
+    /// still being handed out: a receiver must still get every message once, in order.
+    @Test func orderHoldsWithAPluginThatCompletesOnItsWorkers() async throws {
+        let server = try await TestServer.start(["storage.plugin=storage-lmdb", "chat.rate_limit_per_second=100000"])
+        let alice = try await server.user("alice", devices: ["phone", "laptop"])
+        let bob = try await server.user("bob")
+        let senders = [try await server.connect(alice[0]), try await server.connect(alice[1])]
+        let receiver = try await server.connect(bob[0])
+        let inbox = Inbox(receiver)
+        let conversation = try await senders[0].open(with: "bob")
+        let perSender = 150
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, sender) in senders.enumerated() {
+                for lane in 0..<3 {
+                    group.addTask {
+                        for number in stride(from: lane, to: perSender, by: 3) {
+                            _ = try await sender.send(conversation: conversation, body: "\(index)-\(number)")
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let received = await inbox.waitForMessages(perSender * 2)
+        let sequences = received.compactMap { $0["seq"]?.int64Value }
+        #expect(sequences == Array(1...Int64(perSender * 2)), "every message once, in sequence order")
+        for session in senders + [receiver] { await session.close() }
+        await server.stop()
+    }
+
     /// The server encodes its frames itself: a 7-bit, a 16-bit and a 64-bit payload length,
     /// and bodies that need escaping, must all arrive byte for byte.
     @Test func framesOfEveryLengthAndEscapedBodiesArriveIntact() async throws {

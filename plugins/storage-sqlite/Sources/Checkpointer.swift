@@ -7,7 +7,8 @@
 // commit (the WAL hook); past `pages` the checkpointer thread is woken for a passive
 // checkpoint, which runs alongside new commits. Under a steady stream of commits a passive
 // checkpoint may never find the log idle to restart it, so past `hardPages` the writer
-// checkpoints itself, between commits, which lets the next commit start the log over.
+// checkpoints itself, after reporting the commit's batches and before the next commit,
+// which lets the next commit start the log over.
 import ParleyPluginABI
 import CSQLite
 import Glibc
@@ -53,16 +54,29 @@ final class Checkpointer: @unchecked Sendable {
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 
+    /// Set by the hook when the log passed `hardPages`; read by the writer after it has
+    /// reported the commit's batches. Writer thread only.
+    private var writerMustCheckpoint = false
+
     /// Called on the writer's thread after each commit with the log's size in pages.
     private func committed(db: OpaquePointer?, frames: Int32) {
         if frames >= hardPages {
-            sqlite3_wal_checkpoint_v2(db, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
-            host.add(writerCheckpoints, 1)
+            writerMustCheckpoint = true
         } else if frames >= pages {
             pthread_mutex_lock(&mutex)
             requested = true
             pthread_cond_signal(&wakeUp)
             pthread_mutex_unlock(&mutex)
+        }
+    }
+
+    /// Called by the writer after it has reported a commit's batches, so the acks do not wait
+    /// for it: checkpoints on the writer's connection when the hook asked for it.
+    func checkpointIfDue(_ writer: SQLiteConnection) {
+        guard writerMustCheckpoint else { return }
+        writerMustCheckpoint = false
+        if sqlite3_wal_checkpoint_v2(writer.db, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil) == SQLITE_OK {
+            host.add(writerCheckpoints, 1)
         }
     }
 

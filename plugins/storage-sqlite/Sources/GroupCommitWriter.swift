@@ -45,8 +45,11 @@ final class GroupCommitWriter: @unchecked Sendable {
     private let writesTotal: OpaquePointer?
     private let batchesTotal: OpaquePointer?
 
-    init(connection: SQLiteConnection, host: HostCalls, maxGroupBatches: Int) throws(StoreError) {
+    private let checkpointer: Checkpointer
+
+    init(connection: SQLiteConnection, host: HostCalls, maxGroupBatches: Int, checkpointer: Checkpointer) throws(StoreError) {
         self.connection = connection
+        self.checkpointer = checkpointer
         statements = try WriteStatements(connection)
         self.host = host
         self.maxGroupBatches = maxGroupBatches
@@ -128,6 +131,7 @@ final class GroupCommitWriter: @unchecked Sendable {
                 host.complete(batch.op, host.fail(batch.op, error))
             }
         }
+        checkpointer.checkpointIfDue(connection)
     }
 
     private func applyInSavepoint(_ batch: PendingBatch) -> Result<[(Int, Int64)], StoreError> {

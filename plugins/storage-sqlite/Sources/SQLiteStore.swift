@@ -54,7 +54,7 @@ final class SQLiteStore: @unchecked Sendable {
         checkpointer = try Checkpointer(path: path, synchronous: synchronous, pages: checkpointPages, host: host)
         checkpointer.attach(to: connection)
         do {
-            writer = try GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches)
+            writer = try GroupCommitWriter(connection: connection, host: host, maxGroupBatches: maxGroupBatches, checkpointer: checkpointer)
         } catch {
             checkpointer.stop()
             throw error
