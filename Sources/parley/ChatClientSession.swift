@@ -39,18 +39,17 @@ struct ChatClientSession {
             switch event {
             case .message(let message):
                 guard let id = message["conversation"]?.stringValue, let seq = message["seq"]?.int64Value else { continue }
-                if seq > cursors[id, default: 0] {
-                    cursors[id] = seq
-                    store.saveCursors(cursors)
-                }
-                if conversation == nil || conversation == id {
-                    say(format(message))
-                    if conversation != nil {
-                        _ = try? await chat.request("receipt") { writer in
-                            writer.field("conversation", id)
-                            writer.field("kind", "read")
-                            writer.field("seq", seq)
-                        }
+                // Other conversations' messages stay unseen for the next catch-up; a message the
+                // catch-up already printed (it arrived while the pages were being fetched) is skipped.
+                guard conversation == nil || conversation == id, seq > cursors[id, default: 0] else { continue }
+                cursors[id] = seq
+                store.saveCursors(cursors)
+                say(format(message))
+                if conversation != nil {
+                    _ = try? await chat.request("receipt") { writer in
+                        writer.field("conversation", id)
+                        writer.field("kind", "read")
+                        writer.field("seq", seq)
                     }
                 }
             case .error(let error):
