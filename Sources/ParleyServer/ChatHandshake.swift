@@ -6,6 +6,7 @@
 // removed, a chain of futures and a full HTTP parser for one request per connection;
 // profiles of reconnect storms put a third of the server's time there. The chat listener
 // serves exactly one kind of request, so it reads that request itself.
+import Foundation
 import NIOCore
 import ParleyJSON
 
@@ -191,21 +192,10 @@ struct HandshakeRequest {
             return .failure(HandshakeRefusal(status: "400 Bad Request", code: "bad_handshake", message: "a WebSocket upgrade is an HTTP/1.1 request with one Host header"))
         }
         let keys = values("sec-websocket-key")
-        guard keys.count == 1, let key = keys.first, Self.isBase64Of16Bytes(key) else {
+        guard keys.count == 1, let key = keys.first, Data(base64Encoded: String(key))?.count == 16 else {
             return .failure(HandshakeRefusal(status: "400 Bad Request", code: "bad_handshake", message: "Sec-WebSocket-Key must be given once, as 16 bytes in base64"))
         }
         return .success(String(key))
-    }
-}
-
-extension HandshakeRequest {
-    /// 16 bytes in base64: 22 characters of the alphabet, then "==" (the last character
-    /// before them carries only 2 bits, so it is one of A, Q, g, w).
-    static func isBase64Of16Bytes(_ key: Substring) -> Bool {
-        let bytes = Array(key.utf8)
-        guard bytes.count == 24, bytes[22] == UInt8(ascii: "="), bytes[23] == UInt8(ascii: "=") else { return false }
-        let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        return bytes[..<22].allSatisfy(alphabet.contains) && "AQgw".utf8.contains(bytes[21])
     }
 }
 
@@ -223,7 +213,7 @@ enum WebSocketAccept {
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
     static func value(forKey key: String) -> String {
-        base64(sha1(Array((key + guid).utf8)))
+        Data(sha1(Array((key + guid).utf8))).base64EncodedString()
     }
 
     /// SHA-1 (FIPS 180-4). Used only for the handshake, where RFC 6455 requires it; it
@@ -260,19 +250,5 @@ enum WebSocketAccept {
             h = (h.0 &+ a, h.1 &+ b, h.2 &+ c, h.3 &+ d, h.4 &+ e)
         }
         return [h.0, h.1, h.2, h.3, h.4].flatMap { word in (0..<4).map { UInt8(truncatingIfNeeded: word >> UInt32(24 - $0 * 8)) } }
-    }
-
-    static func base64(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        for start in stride(from: 0, to: bytes.count, by: 3) {
-            let chunk = bytes[start..<min(start + 3, bytes.count)]
-            let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << UInt32(16 - $1.offset * 8) }
-            for i in 0..<4 {
-                out.append(i <= chunk.count ? alphabet[Int(value >> UInt32(18 - i * 6) & 0x3F)] : UInt8(ascii: "="))
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }
