@@ -56,9 +56,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         let connection = ChatConnection(channel: context.channel, socketContext: context, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
         self.connection = connection
-        if let headerToken {
-            service.handle(ByteBuffer(bytes: ChatFrames.reply("hello", id: nil) { $0.field("token", headerToken) }).readableBytesView, from: connection)
-        }
+        if let headerToken { service.authenticate(connection, token: headerToken, id: nil) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

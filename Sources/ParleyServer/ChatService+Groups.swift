@@ -72,9 +72,7 @@ extension ChatService {
                     writer.field("typing", typing)
                     writer.field("expires_in_ms", Self.typingExpiry)
                 })
-                for user in recipients {
-                    for peer in self.registry.connections(of: user) where peer !== connection { peer.send(event) }
-                }
+                self.fanOut(event, to: recipients, except: connection)
                 return ChatFrames.reply("ok", id: id)
             }
         case "receipt":
@@ -95,9 +93,7 @@ extension ChatService {
                 // the other side of a direct conversation is told; group members ask with `receipts`.
                 var notify = moved ? [session.userID] : []
                 if moved, conversation.kind == .direct { notify += members.current.filter { $0 != session.userID } }
-                for user in notify {
-                    for peer in self.registry.connections(of: user) where peer !== connection { peer.send(event) }
-                }
+                self.fanOut(event, to: notify, except: connection)
                 return ChatFrames.reply("receipt_ack", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("kind", kind.rawValue)

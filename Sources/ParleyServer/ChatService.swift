@@ -270,18 +270,27 @@ public final class ChatService: Sendable {
     /// Sends a stored message to every online device of every participant but the
     /// sending connection. The frame is serialized once and its bytes shared.
     func deliver(_ message: StoredMessage, except sender: ChatConnection) {
-        let frame = ChatFrames.messageEvent(message.record)
-        var connections = registry.connections(of: message.recipients)
-        connections.removeAll { $0 === sender }
-        LoopWriter.send(frame, to: connections)
-        metrics.messagesOut.increment(by: Int64(connections.count))
+        let delivered = fanOut(ChatFrames.messageEvent(message.record), to: message.recipients, except: sender)
+        metrics.messagesOut.increment(by: Int64(delivered))
         // The first message of a direct conversation makes its users each other's contacts.
         if message.sequence == 1, message.conversation.kind == .direct, message.conversation.participants.count == 2 {
             presence.contactsMet(message.conversation.participants[0], message.conversation.participants[1])
         }
     }
 
-    private func authenticate(_ connection: ChatConnection, token: String, id: String?) {
+    /// Sends one frame to every open connection of these users but `except`, with one
+    /// hand-over per event loop; returns how many connections it went to.
+    @discardableResult
+    func fanOut(_ frame: ByteBuffer, to users: [String], except: ChatConnection?) -> Int {
+        var connections = registry.connections(of: users)
+        connections.removeAll { $0 === except }
+        LoopWriter.send(frame, to: connections)
+        return connections.count
+    }
+
+    /// Checks a token and makes the connection its device's (the `hello` frame, or the
+    /// `Authorization` header of the upgrade, with `id` nil).
+    func authenticate(_ connection: ChatConnection, token: String, id: String?) {
         if connection.session.withLock({ $0 }) != nil {
             fail(connection, id: id, .invalid("this connection is already authenticated"))
             return

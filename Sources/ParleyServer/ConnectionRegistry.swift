@@ -18,7 +18,7 @@ public final class ConnectionRegistry: Sendable {
 
     /// Every open connection of the user.
     func connections(of userID: String) -> [ChatConnection] {
-        byUser.withLock { Array(($0[userID] ?? [:]).values) }
+        connections(of: [userID])
     }
 
     /// Every open connection of these users, looked up under one lock.
