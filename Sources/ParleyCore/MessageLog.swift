@@ -313,7 +313,12 @@ public final class MessageLog: Sendable {
     }
 
     private static func clientKey(_ request: SendRequest) -> StorageKey {
-        StorageLayout.key(StorageLayout.clientIDs, request.conversation.rawValue, Array(request.sender.userID.utf8) + [0] + Array(request.clientID.utf8))
+        StorageLayout.key(StorageLayout.clientIDs, request.conversation.rawValue, clientSortKey(request).bytes)
+    }
+
+    /// A client id's sort key within its conversation: the sender's user id, a zero byte, the client id.
+    private static func clientSortKey(_ request: SendRequest) -> StorageBytes {
+        .joined(request.sender.userID, request.clientID)
     }
 
     /// A sender's client id, to find resends within one batch.
@@ -388,7 +393,7 @@ public final class MessageLog: Sendable {
             let sequence = result.lastSequence
             let record = Self.record(request, body: body, sequence: sequence, timestamp: timestamp)
             result.clientIDOwner[result.writes.count] = result.included.count
-            result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: .joined(request.sender.userID, request.clientID), value: .sequences(sequence, timestamp))
+            result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: Self.clientSortKey(request), value: .sequences(sequence, timestamp))
             // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
             result.messageWrites.insert(result.writes.count)
             result.writes.add(.putIfAbsent, table: StorageLayout.messages, partition: partition, sort: .sequence(sequence), value: .bytes(record))
@@ -404,7 +409,7 @@ public final class MessageLog: Sendable {
         guard result.lastSequence > batch.after else { return result }
         // Senders have read what they send: their read cursor moves to their last message.
         for (sender, sequence) in senders.sorted(by: { $0.key < $1.key }) {
-            result.writes.add(.put, table: StorageLayout.readCursors, partition: partition, sort: .joined(sender, ReceiptKind.read.rawValue), value: .sequence(sequence))
+            result.writes.add(.put, table: StorageLayout.readCursors, partition: partition, sort: ReceiptStore.sortKey(sender, .read), value: .sequence(sequence))
         }
         var summary = JSONWriter(capacity: 96)
         summary.beginObject()

@@ -14,7 +14,12 @@ public struct ReceiptStore: Sendable {
     }
 
     static func key(_ conversation: ConversationID, _ userID: String, _ kind: ReceiptKind) -> StorageKey {
-        StorageLayout.key(StorageLayout.readCursors, conversation.rawValue, Array(userID.utf8) + [0] + Array(kind.rawValue.utf8))
+        StorageLayout.key(StorageLayout.readCursors, conversation.rawValue, sortKey(userID, kind).bytes)
+    }
+
+    /// A cursor's sort key within its conversation: the user id, a zero byte, the kind.
+    static func sortKey(_ userID: String, _ kind: ReceiptKind) -> StorageBytes {
+        .joined(userID, kind.rawValue)
     }
 
     /// Moves the user's cursor up to `sequence`; a lower value changes nothing.

@@ -23,6 +23,14 @@ public enum StorageBytes: Sendable {
         }
     }
 
+    /// The bytes, as an array (for a `StorageKey` of the plain API).
+    public var bytes: [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if let base = buffer.baseAddress { copy(to: UnsafeMutableRawPointer(base)) }
+            initialized = count
+        }
+    }
+
     /// Writes the bytes at `destination`, which has room for `count` of them.
     func copy(to destination: UnsafeMutableRawPointer) {
         switch self {
