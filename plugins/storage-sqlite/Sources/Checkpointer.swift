@@ -11,7 +11,6 @@
 // which lets the next commit start the log over.
 import ParleyPluginABI
 import CSQLite
-import Glibc
 
 final class Checkpointer: @unchecked Sendable {
     let pages: Int32
@@ -20,11 +19,9 @@ final class Checkpointer: @unchecked Sendable {
     private let host: HostCalls
     private let checkpoints: OpaquePointer?
     private let writerCheckpoints: OpaquePointer?
-    private var mutex = pthread_mutex_t()
-    private var wakeUp = pthread_cond_t()
     private var requested = false
     private var stopping = false
-    private var thread = pthread_t()
+    private let thread = WakeableThread()
 
     init(path: String, synchronous: String, pages: Int32, host: HostCalls) throws(StoreError) {
         connection = try SQLiteConnection(path: path, readOnly: false)
@@ -35,14 +32,7 @@ final class Checkpointer: @unchecked Sendable {
         self.host = host
         checkpoints = host.metric(PARLEY_METRIC_COUNTER, "checkpoints_total", "Passive checkpoints run by the checkpointer thread")
         writerCheckpoints = host.metric(PARLEY_METRIC_COUNTER, "writer_checkpoints_total", "Checkpoints the writer ran itself because the log passed 8 × checkpoint_pages")
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&wakeUp, nil)
-        let context = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { context in
-            let checkpointer = Unmanaged<Checkpointer>.fromOpaque(context!).takeRetainedValue()
-            checkpointer.run()
-            return nil
-        }, context)
+        thread.start { [self] in run() }
     }
 
     /// Installs the WAL hook on the writer's connection in place of SQLite's automatic checkpoints.
@@ -63,10 +53,10 @@ final class Checkpointer: @unchecked Sendable {
         if frames >= hardPages {
             writerMustCheckpoint = true
         } else if frames >= pages {
-            pthread_mutex_lock(&mutex)
-            requested = true
-            pthread_cond_signal(&wakeUp)
-            pthread_mutex_unlock(&mutex)
+            thread.locked {
+                requested = true
+                thread.wake()
+            }
         }
     }
 
@@ -82,20 +72,20 @@ final class Checkpointer: @unchecked Sendable {
 
     /// Ends the thread after the checkpoint in progress, if any.
     func stop() {
-        pthread_mutex_lock(&mutex)
-        stopping = true
-        pthread_cond_signal(&wakeUp)
-        pthread_mutex_unlock(&mutex)
-        pthread_join(thread, nil)
+        thread.locked {
+            stopping = true
+            thread.wake()
+        }
+        thread.join()
     }
 
     private func run() {
         while true {
-            pthread_mutex_lock(&mutex)
-            while !requested && !stopping { pthread_cond_wait(&wakeUp, &mutex) }
-            let stop = stopping
-            requested = false
-            pthread_mutex_unlock(&mutex)
+            let stop = thread.locked {
+                while !requested && !stopping { thread.wait() }
+                requested = false
+                return stopping
+            }
             if stop { return }
             let result = sqlite3_wal_checkpoint_v2(connection.db, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
             if result == SQLITE_OK {

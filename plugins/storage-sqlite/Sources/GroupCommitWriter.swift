@@ -35,11 +35,9 @@ final class GroupCommitWriter: @unchecked Sendable {
     private let statements: WriteStatements
     private let host: HostCalls
     private let maxGroupBatches: Int
-    private var mutex = pthread_mutex_t()
-    private var wakeUp = pthread_cond_t()
     private var queue: [PendingBatch] = []
     private var stopping = false
-    private var thread = pthread_t()
+    private let thread = WakeableThread()
     private let commitSeconds: OpaquePointer?
     private let batchesPerCommit: OpaquePointer?
     private let writesTotal: OpaquePointer?
@@ -57,48 +55,39 @@ final class GroupCommitWriter: @unchecked Sendable {
         batchesPerCommit = host.metric(PARLEY_METRIC_HISTOGRAM, "batches_per_commit", "Batches committed together in one transaction")
         writesTotal = host.metric(PARLEY_METRIC_COUNTER, "writes_total", "Writes committed")
         batchesTotal = host.metric(PARLEY_METRIC_COUNTER, "batches_total", "Batches applied or refused")
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&wakeUp, nil)
-        let context = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { context in
-            let writer = Unmanaged<GroupCommitWriter>.fromOpaque(context!).takeRetainedValue()
-            writer.run()
-            return nil
-        }, context)
+        thread.start { [self] in run() }
     }
 
     /// Queues a batch; false when the writer is stopping.
     func enqueue(_ batch: PendingBatch) -> Bool {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        guard !stopping else { return false }
-        queue.append(batch)
-        pthread_cond_signal(&wakeUp)
-        return true
+        thread.locked {
+            guard !stopping else { return false }
+            queue.append(batch)
+            thread.wake()
+            return true
+        }
     }
 
     /// Commits what is queued, then ends the thread and checkpoints the WAL.
     func stop() {
-        pthread_mutex_lock(&mutex)
-        stopping = true
-        pthread_cond_signal(&wakeUp)
-        pthread_mutex_unlock(&mutex)
-        pthread_join(thread, nil)
+        thread.locked {
+            stopping = true
+            thread.wake()
+        }
+        thread.join()
         try? connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     }
 
     private func run() {
         while true {
-            pthread_mutex_lock(&mutex)
-            while queue.isEmpty && !stopping { pthread_cond_wait(&wakeUp, &mutex) }
-            if queue.isEmpty && stopping {
-                pthread_mutex_unlock(&mutex)
-                return
+            let group: [PendingBatch]? = thread.locked {
+                while queue.isEmpty && !stopping { thread.wait() }
+                if queue.isEmpty { return nil }
+                let take = min(queue.count, maxGroupBatches)
+                defer { queue.removeFirst(take) }
+                return Array(queue.prefix(take))
             }
-            let take = min(queue.count, maxGroupBatches)
-            let group = Array(queue.prefix(take))
-            queue.removeFirst(take)
-            pthread_mutex_unlock(&mutex)
+            guard let group else { return }
             commit(group)
         }
     }
