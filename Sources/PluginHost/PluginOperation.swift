@@ -101,7 +101,6 @@ final class PluginOperation: @unchecked Sendable {
                 try pool.submit { self.invoke() }
             } catch {
                 self.output.hostError = error
-                self.discard()
                 self.continuation = nil
                 continuation.resume(returning: self.output)
             }
@@ -139,8 +138,7 @@ final class PluginOperation: @unchecked Sendable {
         if status == parley_status(PARLEY_PENDING) {
             operation.output.errorMessage = "plugin completed with PARLEY_PENDING, which is not a final status"
         }
-        for input in operation.inputs { input.deallocate() }
-        operation.inputs.removeAll()
+        operation.discard()
         let continuation = operation.continuation
         operation.continuation = nil
         let onFinish = operation.onFinish
