@@ -79,13 +79,7 @@ public final class ChatSession: Sendable {
             welcomeContinuation.finish()
         }
         if let token {
-            var writer = JSONWriter()
-            writer.beginObject()
-            writer.field("type", "hello")
-            writer.field("id", "hello")
-            writer.field("token", token)
-            writer.endObject()
-            try await socket.send(String(decoding: writer.bytes, as: UTF8.self))
+            try await socket.send(String(decoding: JSONWriter.frame("hello", id: "hello") { $0.field("token", token) }, as: UTF8.self))
         }
         var iterator = welcomes.makeAsyncIterator()
         guard let welcome = await iterator.next() else { throw ParleyError(code: "closed", message: "connection closed before welcome") }
@@ -102,13 +96,7 @@ public final class ChatSession: Sendable {
     /// its reply; an error reply throws `ParleyError`.
     public func request(_ type: String, _ fields: (inout JSONWriter) -> Void = { _ in }) async throws -> JSONValue {
         let id = "r\(nextID.wrappingAdd(1, ordering: .relaxed).oldValue)"
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.field("type", type)
-        writer.field("id", id)
-        fields(&writer)
-        writer.endObject()
-        let text = String(decoding: writer.bytes, as: UTF8.self)
+        let text = String(decoding: JSONWriter.frame(type, id: id, fields), as: UTF8.self)
         let result: Result<JSONValue, ParleyError> = await withCheckedContinuation { continuation in
             pending.add(id, continuation)
             Task {

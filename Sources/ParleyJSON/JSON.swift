@@ -350,6 +350,18 @@ public struct JSONWriter {
         if let value { field(key, value) } else { fieldNull(key) }
     }
 
+    /// `{"type":…,"id":…, then the fields}`: the shape of every request and reply frame of
+    /// the chat protocol (a null `id` for events and unnamed replies).
+    public static func frame(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
+        var writer = JSONWriter(capacity: 128)
+        writer.beginObject()
+        writer.field("type", type)
+        writer.field("id", id)
+        fields(&writer)
+        writer.endObject()
+        return writer.bytes
+    }
+
     /// Appends an array element that is a string.
     public mutating func element(_ value: String) { separator(); appendString(value) }
 

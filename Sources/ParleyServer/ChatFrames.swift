@@ -1,33 +1,19 @@
-// Frames the chat listener sends: replies to requests and events. Built with the
-// core's JSONWriter; a message event is built once and shared by every recipient.
+// Frames the chat listener sends that have a shape of their own: errors, acks, message
+// events (built once and shared by every recipient). Other replies are JSONWriter.frame.
 import NIOCore
 import ParleyJSON
 import ParleyCore
 
 enum ChatFrames {
     static func error(id: String?, _ error: ChatError) -> [UInt8] {
-        var writer = JSONWriter(capacity: 128)
-        writer.beginObject()
-        writer.field("type", "error")
-        writer.field("id", id)
-        writer.field("code", error.code)
-        writer.field("message", error.message)
-        writer.endObject()
-        return writer.bytes
-    }
-
-    static func reply(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
-        var writer = JSONWriter(capacity: 128)
-        writer.beginObject()
-        writer.field("type", type)
-        writer.field("id", id)
-        fields(&writer)
-        writer.endObject()
-        return writer.bytes
+        JSONWriter.frame("error", id: id) { writer in
+            writer.field("code", error.code)
+            writer.field("message", error.message)
+        }
     }
 
     static func ack(id: String?, _ ack: SendAck) -> [UInt8] {
-        reply("ack", id: id) { writer in
+        JSONWriter.frame("ack", id: id) { writer in
             writer.field("conversation", ack.conversation)
             writer.field("seq", ack.sequence)
             writer.field("ts", ack.timestamp)

@@ -43,7 +43,7 @@ extension ChatService {
                 for member in members.current {
                     if let profile = try await self.accounts.profile(id: member) { profiles.append((profile, members.members[member]!.role)) }
                 }
-                return ChatFrames.reply("group", id: id) { writer in
+                return JSONWriter.frame("group", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("name", members.name)
                     writer.beginArray("members")
@@ -65,7 +65,7 @@ extension ChatService {
             guard let typing = fields["typing"]?.boolValue else { throw .invalid("'typing' must be true or false") }
             run(connection, id: id) { () throws(ChatError) in
                 let recipients = try await self.currentMembers(of: conversation, for: session).current
-                let event = ByteBuffer(bytes: ChatFrames.reply("typing", id: nil) { writer in
+                let event = ByteBuffer(bytes: JSONWriter.frame("typing", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("user", session.userID)
                     writer.field("username", session.username)
@@ -73,7 +73,7 @@ extension ChatService {
                     writer.field("expires_in_ms", Self.typingExpiry)
                 })
                 self.fanOut(event, to: recipients, except: connection)
-                return ChatFrames.reply("ok", id: id)
+                return JSONWriter.frame("ok", id: id)
             }
         case "receipt":
             let conversation = try Self.conversation(fields)
@@ -82,7 +82,7 @@ extension ChatService {
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.readableMembers(of: conversation, for: session)
                 let (cursor, moved) = try await self.receipts.advance(conversation, userID: session.userID, kind: kind, to: sequence)
-                let event = ByteBuffer(bytes: ChatFrames.reply("receipt", id: nil) { writer in
+                let event = ByteBuffer(bytes: JSONWriter.frame("receipt", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("user", session.userID)
                     writer.field("username", session.username)
@@ -94,7 +94,7 @@ extension ChatService {
                 var notify = moved ? [session.userID] : []
                 if moved, conversation.kind == .direct { notify += members.current.filter { $0 != session.userID } }
                 self.fanOut(event, to: notify, except: connection)
-                return ChatFrames.reply("receipt_ack", id: id) { writer in
+                return JSONWriter.frame("receipt_ack", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("kind", kind.rawValue)
                     writer.field("seq", cursor)
@@ -105,7 +105,7 @@ extension ChatService {
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.currentMembers(of: conversation, for: session)
                 let cursors = try await self.receipts.all(conversation)
-                return ChatFrames.reply("receipts", id: id) { writer in
+                return JSONWriter.frame("receipts", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.beginArray("members")
                     for user in members.current {
@@ -129,7 +129,7 @@ extension ChatService {
         run(connection, id: id) { () throws(ChatError) in
             let (ack, stored) = try await change()
             if let stored { self.deliver(stored, except: connection) }
-            return ChatFrames.reply("group_updated", id: id) { writer in
+            return JSONWriter.frame("group_updated", id: id) { writer in
                 writer.field("conversation", ack.conversation)
                 writer.field("seq", ack.sequence)
                 writer.field("ts", ack.timestamp)
@@ -181,7 +181,7 @@ extension ChatService {
             for (_, profile) in entries {
                 if let profile, !self.presence.isOnline(profile.id), let seen = try await self.presence.lastSeen(profile.id) { lastSeen[profile.id] = seen }
             }
-            return ChatFrames.reply("presence_result", id: id) { writer in
+            return JSONWriter.frame("presence_result", id: id) { writer in
                 writer.beginArray("users")
                 for (username, profile) in entries {
                     writer.beginObject()

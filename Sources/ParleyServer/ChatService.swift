@@ -136,7 +136,7 @@ public final class ChatService: Sendable {
             return
         }
         if type == "ping" {
-            reply(connection, ChatFrames.reply("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
+            reply(connection, JSONWriter.frame("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
             return
         }
         guard let session = connection.session.withLock({ $0 }) else { throw Self.notAuthenticated }
@@ -148,7 +148,7 @@ public final class ChatService: Sendable {
             run(connection, id: id) { () throws(ChatError) in
                 guard let peer = try await self.accounts.lookUp(username: username) else { throw .notFound("user \(username)") }
                 let conversation = ConversationID.direct(session.userID, peer.id)
-                return ChatFrames.reply("conversation", id: id) { writer in
+                return JSONWriter.frame("conversation", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     ChatFrames.user(&writer, "peer", peer)
                 }
@@ -170,7 +170,7 @@ public final class ChatService: Sendable {
                         read[summary.conversation] = try await self.receipts.cursor(conversation, userID: session.userID, kind: .read)
                     }
                 }
-                return ChatFrames.reply("sync_result", id: id) { writer in
+                return JSONWriter.frame("sync_result", id: id) { writer in
                     writer.beginArray("conversations")
                     for summary in changed {
                         let readSequence = read[summary.conversation] ?? 0
@@ -192,7 +192,7 @@ public final class ChatService: Sendable {
             let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
             run(connection, id: id) { () throws(ChatError) in
                 let page = try await self.messages.history(session, conversation: conversation, after: after, before: before, limit: limit)
-                return ChatFrames.reply("messages", id: id) { writer in
+                return JSONWriter.frame("messages", id: id) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.beginArray("messages")
                     for message in page { writer.rawElement(message.record) }
@@ -214,14 +214,14 @@ public final class ChatService: Sendable {
                 for peer in self.registry.connections(of: target.id) where peer.session.withLock({ $0?.deviceID }) == device {
                     peer.send(event)
                 }
-                return ChatFrames.reply("to_device_ack", id: id) { $0.field("message_id", message.id) }
+                return JSONWriter.frame("to_device_ack", id: id) { $0.field("message_id", message.id) }
             }
         case "fetch_to_device":
             let limit = Int(try Self.optionalInteger(fields, "limit") ?? 100)
             guard (1...ToDeviceQueue.maxPending).contains(limit) else { throw .invalid("limit must be 1 to \(ToDeviceQueue.maxPending)") }
             run(connection, id: id) { () throws(ChatError) in
                 let pending = try await self.toDevice.pending(for: session, limit: limit)
-                return ChatFrames.reply("to_device_messages", id: id) { writer in
+                return JSONWriter.frame("to_device_messages", id: id) { writer in
                     writer.beginArray("messages")
                     for message in pending { writer.rawElement(message.record) }
                     writer.endArray()
@@ -233,7 +233,7 @@ public final class ChatService: Sendable {
             }
             run(connection, id: id) { () throws(ChatError) in
                 try await self.toDevice.acknowledge(session, ids: ids)
-                return ChatFrames.reply("ok", id: id)
+                return JSONWriter.frame("ok", id: id)
             }
         default:
             guard try dispatchGroupsAndPresence(type, fields, id: id, session: session, connection) else {
@@ -307,7 +307,7 @@ public final class ChatService: Sendable {
                 guard first else { throw ChatError.invalid("this connection is already authenticated") }
                 registry.add(connection, userID: session.userID)
                 metrics.connections.increment()
-                connection.send(ChatFrames.reply("welcome", id: id) { writer in
+                connection.send(JSONWriter.frame("welcome", id: id) { writer in
                     ChatFrames.user(&writer, "user", profile)
                     writer.field("device", session.deviceID)
                     writer.field("server_time", currentTimeMillis())

@@ -157,7 +157,7 @@ final class PresenceTracker: Sendable {
 
     private func announce(_ userID: String, username: String, online: Bool, lastSeen: Int64?, to watchers: Set<String>) {
         guard !watchers.isEmpty else { return }
-        let frame = ChatFrames.reply("presence", id: nil) { writer in
+        let frame = JSONWriter.frame("presence", id: nil) { writer in
             writer.field("user", userID)
             writer.field("username", username)
             writer.field("online", online)

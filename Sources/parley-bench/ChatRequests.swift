@@ -7,13 +7,7 @@ extension BenchConnection {
     /// which must have `replyType`.
     func call(_ type: String, id: String, expecting replyType: StaticString, timeout: Double = 30, _ fields: @escaping @Sendable (inout JSONWriter) -> Void = { _ in }) async throws -> ByteBuffer {
         let reply = try await eventLoop.flatSubmit {
-            var writer = JSONWriter()
-            writer.beginObject()
-            writer.field("type", type)
-            writer.field("id", id)
-            fields(&writer)
-            writer.endObject()
-            return self.request(id: id, String(decoding: writer.bytes, as: UTF8.self))
+            self.request(id: id, String(decoding: JSONWriter.frame(type, id: id, fields), as: UTF8.self))
         }.timeout(after: timeout, "the \(type) request").get()
         let matches = reply.withUnsafeReadableBytes { FrameScanner(bytes: $0).string("type", equals: replyType) }
         guard matches else { throw BenchFailure("\(type) was answered with \(String(buffer: reply))") }
