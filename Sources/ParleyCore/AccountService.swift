@@ -154,8 +154,8 @@ public final class AccountService: Sendable {
 
     private static let decoyHash: String = Sodium.hashPassword("parley decoy password, never valid") ?? ""
 
-    /// The device a bearer token belongs to, or `unauthorized`.
-    public func authenticate(token: String) async throws(ChatError) -> Session {
+    /// The device a bearer token belongs to and its user's profile, or `unauthorized`.
+    public func authenticate(token: String) async throws(ChatError) -> (session: Session, profile: UserProfile) {
         guard token.utf8.count >= 32, token.utf8.count <= 128 else { throw .unauthorized }
         let stored: [UInt8]?
         do {
@@ -168,7 +168,7 @@ public final class AccountService: Sendable {
         guard parts.count == 2 else { throw .unauthorized }
         let userID = String(parts[0]), deviceID = String(parts[1])
         guard let profile = try await profile(id: userID) else { throw .unauthorized }
-        return Session(userID: userID, deviceID: deviceID, username: profile.username)
+        return (Session(userID: userID, deviceID: deviceID, username: profile.username), profile)
     }
 
     /// Ends this device's session: its token stops working and its connections close.
@@ -295,10 +295,10 @@ public final class AccountService: Sendable {
     }
 
     private static func decodeUser(_ bytes: [UInt8]) -> (UserProfile, String)? {
-        guard let value = try? JSONParser.parse(bytes), let id = value["id"]?.stringValue, let username = value["username"]?.stringValue,
-            let password = value["password"]?.stringValue
+        // A flat object of strings (see `encode`), read without a dictionary of values.
+        guard let fields = JSONParser.flatStringObject(bytes), let id = fields["id"], let username = fields["username"], let password = fields["password"]
         else { return nil }
-        return (UserProfile(id: id, username: username, displayName: value["display_name"]?.stringValue ?? username), password)
+        return (UserProfile(id: id, username: username, displayName: fields["display_name"] ?? username), password)
     }
 
     private static func encode(_ device: DeviceInfo, tokenHash: String) -> [UInt8] {

@@ -297,8 +297,7 @@ public final class ChatService: Sendable {
         }
         Task {
             do throws(ChatError) {
-                let session = try await accounts.authenticate(token: token)
-                guard let profile = try await accounts.profile(id: session.userID) else { throw .unauthorized }
+                let (session, profile) = try await accounts.authenticate(token: token)
                 let first = connection.session.withLock { current in
                     if current != nil { return false }
                     current = session

@@ -149,7 +149,7 @@ public struct HTTPAPI: Sendable {
         guard let header = request.headers[.authorization] else { throw .unauthorized }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { throw .unauthorized }
-        return try await accounts.authenticate(token: String(parts[1]))
+        return try await accounts.authenticate(token: String(parts[1])).session
     }
 
     /// Runs a handler and turns a ChatError into its JSON error response.
