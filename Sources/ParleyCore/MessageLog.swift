@@ -106,6 +106,9 @@ public final class MessageLog: Sendable {
         var writing = false
         /// It is in `State.ready`.
         var listed = false
+        /// For a group: its current members' `user_conversations` rows have been written
+        /// (live) since it was loaded, so batches without membership changes write only its head.
+        var indexed = false
     }
 
     private struct State {
@@ -123,6 +126,7 @@ public final class MessageLog: Sendable {
         var pending: [Pending]
         var after: Int64
         var members: ConversationMembers
+        var indexed: Bool
     }
 
     public let limits: Limits
@@ -255,7 +259,7 @@ public final class MessageLog: Sendable {
                 entry.queue.removeFirst(take)
                 entry.writing = true
                 state.conversations[conversation] = entry
-                return Batch(conversation: conversation, pending: pending, after: last, members: members)
+                return Batch(conversation: conversation, pending: pending, after: last, members: members, indexed: entry.indexed)
             }
         }
         for batch in batches { write(batch) }
@@ -353,6 +357,7 @@ public final class MessageLog: Sendable {
         // The current members change only with membership events: computed once until then.
         var current = result.members.current
         var summaryUsers = Set(current)
+        var membershipChanged = false
         for pending in batch.pending {
             let request = pending.request
             let ref = ClientRef(userID: request.sender.userID, clientID: request.clientID)
@@ -375,6 +380,7 @@ public final class MessageLog: Sendable {
                     eventWrites = event.writes
                     result.members = changed
                     current = changed.current
+                    membershipChanged = true
                     summaryUsers.formUnion(current)
                     summaryUsers.formUnion(alsoNotify)
                 } catch {
@@ -411,15 +417,34 @@ public final class MessageLog: Sendable {
         for (sender, sequence) in senders.sorted(by: { $0.key < $1.key }) {
             result.writes.add(.put, table: StorageLayout.readCursors, partition: partition, sort: ReceiptStore.sortKey(sender, .read), value: .sequence(sequence))
         }
-        var summary = JSONWriter(capacity: 96)
-        summary.beginObject()
-        summary.field("last_seq", result.lastSequence)
-        summary.field("last_ts", timestamp)
-        summary.endObject()
-        for user in summaryUsers.sorted() {
-            result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(summary.bytes))
+        let summary = Self.summaryValue(result.lastSequence, timestamp, live: false)
+        guard conversation.kind == .group else {
+            for user in summaryUsers.sorted() {
+                result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(summary))
+            }
+            return result
+        }
+        // A group: one head row per batch; its members' rows only when they change.
+        result.writes.add(.put, table: StorageLayout.conversationHeads, partition: partition, sort: .bytes([]), value: .bytes(summary))
+        if membershipChanged || !batch.indexed {
+            let live = Self.summaryValue(result.lastSequence, timestamp, live: true)
+            let currentSet = Set(current)
+            for user in summaryUsers.sorted() {
+                result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(currentSet.contains(user) ? live : summary))
+            }
         }
         return result
+    }
+
+    /// A `user_conversations` or `conversation_heads` value.
+    private static func summaryValue(_ sequence: Int64, _ timestamp: Int64, live: Bool) -> [UInt8] {
+        var writer = JSONWriter(capacity: 64)
+        writer.beginObject()
+        writer.field("last_seq", sequence)
+        writer.field("last_ts", timestamp)
+        if live { writer.field("live", true) }
+        writer.endObject()
+        return writer.bytes
     }
 
     /// Writes one batch, started on a plugin worker. On a client-id conflict (a resend
@@ -465,11 +490,16 @@ public final class MessageLog: Sendable {
         let (load, startJob) = state.withLock { state in
             guard var entry = state.conversations[conversation] else { return (false, false) }
             entry.writing = false
-            if let sequence { entry.lastSequence = sequence }
+            if let sequence {
+                // A stored batch wrote a group's member rows if they were not written yet.
+                entry.lastSequence = sequence
+                entry.indexed = true
+            }
             if let members { entry.members = members }
             if reload {
                 entry.lastSequence = nil
                 entry.members = nil
+                entry.indexed = false
             }
             entry.queue.insert(contentsOf: requeue, at: 0)
             if entry.queue.isEmpty, !entry.loading, state.conversations.count > 100_000 {
@@ -549,24 +579,41 @@ public final class MessageLog: Sendable {
         try await conversations(of: session.userID).filter { $0.lastSequence > cursors[$0.conversation, default: 0] }
     }
 
-    /// Every conversation the user has taken part in, with its last sequence.
-    public func conversations(of userID: String) async throws(ChatError) -> [ConversationSummary] {
-        var changed: [ConversationSummary] = []
+    /// Every conversation the user has taken part in, with its last sequence: for a group
+    /// they are in, the group's head. With `heads` false, such groups are listed with the
+    /// sequence of their last membership change instead, without reading their heads.
+    public func conversations(of userID: String, heads: Bool = true) async throws(ChatError) -> [ConversationSummary] {
+        var summaries: [ConversationSummary] = []
+        var live: [Int] = []
         var lower = StorageBound.none
         do {
             while true {
                 let rows = try await storage.scan(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
                 for row in rows {
-                    let conversation = String(decoding: row.sortKey, as: UTF8.self)
-                    guard let value = try? JSONParser.parse(row.value), let last = value["last_seq"]?.int64Value else { continue }
-                    changed.append(ConversationSummary(conversation: conversation, lastSequence: last, lastTimestamp: value["last_ts"]?.int64Value ?? 0))
+                    guard let summary = Self.parseSummary(String(decoding: row.sortKey, as: UTF8.self), row.value) else { continue }
+                    if summary.live { live.append(summaries.count) }
+                    summaries.append(summary.summary)
                 }
                 guard rows.count == StorageLimits.maxScanRows, let last = rows.last else { break }
                 lower = .exclusive(last.sortKey)
             }
+            guard heads else { return summaries }
+            for index in live {
+                let conversation = summaries[index].conversation
+                guard let value = try await storage.get(StorageLayout.key(StorageLayout.conversationHeads, conversation)),
+                    let head = Self.parseSummary(conversation, value)?.summary, head.lastSequence > summaries[index].lastSequence
+                else { continue }
+                summaries[index] = head
+            }
         } catch {
             throw AccountService.storageError(error)
         }
-        return changed
+        return summaries
+    }
+
+    /// Reads a `user_conversations` or `conversation_heads` value.
+    private static func parseSummary(_ conversation: String, _ value: [UInt8]) -> (summary: ConversationSummary, live: Bool)? {
+        guard let fields = try? JSONParser.parse(value), let last = fields["last_seq"]?.int64Value else { return nil }
+        return (ConversationSummary(conversation: conversation, lastSequence: last, lastTimestamp: fields["last_ts"]?.int64Value ?? 0), fields["live"] == .bool(true))
     }
 }

@@ -16,8 +16,16 @@ public enum StorageLayout {
     public static let messages = Array("messages".utf8)
     /// client_ids / <conversation id> / <sender user id> 0x00 <client id> → sequence (8 bytes BE).
     public static let clientIDs = Array("client_ids".utf8)
-    /// user_conversations / <user id> / <conversation id> → last sequence and time (JSON).
+    /// user_conversations / <user id> / <conversation id> → last sequence and time (JSON:
+    /// last_seq, last_ts). The list of a user's conversations, read by `sync` in one scan.
+    /// A direct conversation's two rows are rewritten with every batch. A group's rows are
+    /// written only when its membership changes (and once per group after a server start):
+    /// a current member's row has `"live": true` and the group's last sequence is then in
+    /// `conversation_heads`; a former member's row keeps the sequence of their removal.
     public static let userConversations = Array("user_conversations".utf8)
+    /// conversation_heads / <group conversation id> / "" → last sequence and time (JSON), one
+    /// row rewritten per batch, so a batch to a group of 100 writes one row, not 100.
+    public static let conversationHeads = Array("conversation_heads".utf8)
     /// groups / <conversation id "g:…"> / "" → group record (JSON: name, created_at, deleted).
     public static let groups = Array("groups".utf8)
     /// group_members / <conversation id> / <user id> → member (JSON: role, from, until).

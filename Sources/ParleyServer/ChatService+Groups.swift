@@ -204,7 +204,7 @@ extension ChatService {
     /// Whether two users share a direct conversation or a group.
     private func sharesConversation(_ first: String, _ second: String) async throws(ChatError) -> Bool {
         if first == second { return true }
-        for summary in try await messages.conversations(of: first) {
+        for summary in try await messages.conversations(of: first, heads: false) {
             guard let conversation = ConversationID(summary.conversation) else { continue }
             if conversation.kind == .direct, summary.lastSequence > 0, conversation.includes(second) { return true }
             if conversation.kind == .group {

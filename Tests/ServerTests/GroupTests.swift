@@ -2,8 +2,10 @@
 // bounded by membership.
 import Foundation
 import ParleyClient
+import ParleyCore
 import ParleyJSON
 import ParleyServer
+import PluginHost
 import Testing
 
 @Suite("Groups", .serialized)
@@ -151,6 +153,55 @@ struct GroupTests {
         #expect(remaining.compactMap { $0["username"]?.stringValue }.sorted() == ["adam", "nina"])
         #expect(remaining.first { $0["username"]?.stringValue == "adam" }?["role"]?.stringValue == "owner")
         for session in [owner, admin, member, outsider, nina] { await session.close() }
+        await server.stop()
+    }
+
+    /// A user's stored row for a conversation (`user_conversations`), as JSON.
+    private func row(_ server: TestServer, _ user: LoginInfo, _ conversation: String) async throws -> JSONValue? {
+        let value = try await server.node.runtime.storage.get(StorageLayout.key(StorageLayout.userConversations, user.userID, Array(conversation.utf8)))
+        return try value.map { try JSONParser.parse($0) }
+    }
+
+    @Test func syncReadsTheGroupHeadAndMemberRowsAreWrittenOnlyOnMembershipChanges() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-server-\(UUID().uuidString)")
+        var server = try await TestServer.start(dataFolder: folder)
+        let ann = try await server.user("ann")[0], ben = try await server.user("ben")[0], cat = try await server.user("cat")[0]
+        var owner = try await server.connect(ann)
+        let conversation = try await create(owner, "heads", members: ["ben", "cat"])
+        for index in 1...5 { _ = try await owner.send(conversation: conversation, body: "message \(index)") }
+        let benRow = try await row(server, ben, conversation)
+        #expect(benRow?["last_seq"]?.int64Value == 1 && benRow?["live"] == .bool(true), "a member's row is written when they join, not with every message")
+
+        func lastSequence(_ login: LoginInfo) async throws -> Int64? {
+            let session = try await server.connect(login)
+            defer { Task { await session.close() } }
+            return try await session.sync(cursors: [:]).first { $0.conversation == conversation }?.lastSequence
+        }
+        #expect(try await lastSequence(ben) == 6, "sync gives the group's last sequence from its head")
+
+        _ = try await change(owner, "group_remove", conversation) { $0.field("member", "cat") }
+        _ = try await owner.send(conversation: conversation, body: "after cat")
+        #expect(try await lastSequence(ben) == 8)
+        #expect(try await lastSequence(cat) == 7, "a removed member's sync stops at their removal")
+        #expect(try await row(server, cat, conversation)?["live"] == nil)
+
+        // After a restart the first batch writes the current members' rows once more (a
+        // data folder from before conversation heads has rows without `live`).
+        await owner.close()
+        await server.stop()
+        server = try await TestServer.start(dataFolder: folder)
+        owner = try await server.connect(ann)
+        _ = try await owner.send(conversation: conversation, body: "after the restart")
+        #expect(try await row(server, ben, conversation)?["last_seq"]?.int64Value == 9)
+        _ = try await owner.send(conversation: conversation, body: "and one more")
+        #expect(try await row(server, ben, conversation)?["last_seq"]?.int64Value == 9, "then only the head changes")
+        #expect(try await lastSequence(ben) == 10)
+        #expect(try await lastSequence(cat) == 7)
+
+        _ = try await change(owner, "group_add", conversation) { $0.beginArray("members"); $0.element("cat"); $0.endArray() }
+        _ = try await owner.send(conversation: conversation, body: "welcome back")
+        #expect(try await lastSequence(cat) == 12, "a member added again follows the head again")
+        await owner.close()
         await server.stop()
     }
 }
