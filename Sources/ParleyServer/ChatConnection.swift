@@ -83,6 +83,14 @@ public final class ChatConnection: @unchecked Sendable {
         flushPending()
     }
 
+    /// Puts bytes that must precede every frame (the handshake's answer) in the pending
+    /// buffer, to leave in one write with the first frame. On the event loop.
+    func hold(_ bytes: ByteBuffer) {
+        var buffer = channel.allocator.buffer(capacity: 2048)
+        buffer.writeImmutableBuffer(bytes)
+        pending = buffer
+    }
+
     /// Appends a whole frame to the pending buffer: FIN and the opcode, then the payload
     /// length (RFC 6455, section 5.2); a server's frames are not masked.
     private func encode(opcode: UInt8, _ payload: ByteBuffer) {

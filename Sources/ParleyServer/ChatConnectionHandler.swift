@@ -45,10 +45,14 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
 
-    init(service: ChatService, settings: ChatListenerSettings, headerToken: String?) {
+    /// The handshake's answer, when it waits to leave with the first frame.
+    private let heldAnswer: ByteBuffer?
+
+    init(service: ChatService, settings: ChatListenerSettings, headerToken: String?, heldAnswer: ByteBuffer? = nil) {
         self.service = service
         self.settings = settings
         self.headerToken = headerToken
+        self.heldAnswer = heldAnswer
         reader = WebSocketReader(maxMessageBytes: settings.maxFrameBytes)
         tokens = settings.burstFrames
     }
@@ -56,6 +60,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         let connection = ChatConnection(channel: context.channel, socketContext: context, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
         self.connection = connection
+        if let heldAnswer { connection.hold(heldAnswer) }
         if let headerToken { service.authenticate(connection, token: headerToken, id: nil) }
     }
 

@@ -85,8 +85,11 @@ final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler
             response.writeString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")
             response.writeString(WebSocketAccept.value(forKey: key))
             response.writeString("\r\n\r\n")
-            context.writeAndFlush(wrapOutboundOut(response), promise: nil)
-            try context.pipeline.syncOperations.addHandler(ChatConnectionHandler(service: service, settings: settings, headerToken: token))
+            // With a token in the request the answer waits for the `welcome` (or the error),
+            // so both leave in one write; without, the client's `hello` needs the answer now.
+            if token == nil { context.writeAndFlush(wrapOutboundOut(response), promise: nil) }
+            let handler = ChatConnectionHandler(service: service, settings: settings, headerToken: token, heldAnswer: token == nil ? nil : response)
+            try context.pipeline.syncOperations.addHandler(handler)
             if rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {

@@ -2,6 +2,7 @@
 // to a request, byte for byte as a client sees it on the socket.
 import Foundation
 import Glibc
+import ParleyClient
 import ParleyServer
 import Testing
 
@@ -175,6 +176,25 @@ struct HandshakeTests {
         #expect(try await closeCode(frame(0x8, [0x03])) == 1002, "a close payload of one byte")
         #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 5_000))) == 1009, "one frame over the limit")
         #expect(try await closeCode(frame(0x1, [UInt8](repeating: 0x20, count: 3_000), fin: false) + frame(0x0, [UInt8](repeating: 0x20, count: 3_000))) == 1009, "fragments over the limit")
+        await server.stop()
+    }
+
+    /// With the token in the upgrade request, the 101 answer waits for the token check and
+    /// leaves with the `welcome` (or the error) in one write: the first read has both.
+    @Test func aHeaderTokenIsAnsweredWithTheWelcomeInOneWrite() async throws {
+        let server = try await TestServer.start()
+        let port = server.node.chatPort!
+        let token = try await server.user("hedda")[0].token
+        let first = try await onThread { try exchange(Array(upgradeRequest(extra: "Authorization: Bearer \(token)\r\n").utf8), port: port, upTo: 1) }
+        #expect(String(decoding: first.prefix(13), as: UTF8.self) == "HTTP/1.1 101 ")
+        let frames = serverFrames(first)
+        #expect(frames.count == 1 && frames[0].0 == 0x1 && String(decoding: frames[0].1, as: UTF8.self).contains(#""type":"welcome""#), "\(frames.map { String(decoding: $0.1, as: UTF8.self) })")
+
+        let refused = try await onThread { try exchange(Array(upgradeRequest(extra: "Authorization: Bearer \(String(repeating: "x", count: 43))\r\n").utf8), port: port) }
+        let replies = serverFrames(refused)
+        #expect(String(decoding: refused.prefix(13), as: UTF8.self) == "HTTP/1.1 101 ")
+        #expect(replies.first.map { String(decoding: $0.1, as: UTF8.self).contains(#""code":"unauthorized""#) } == true)
+        #expect(replies.last.map { $0.0 == 0x8 && Array($0.1.prefix(2)) == [0x0F, 0xA1] } == true, "then close 4001")
         await server.stop()
     }
 }
