@@ -61,10 +61,15 @@ public final class ChatConnection: @unchecked Sendable {
     static let pingOpcode: UInt8 = 0x9
     static let pongOpcode: UInt8 = 0xA
 
+    /// Whether the socket takes more writes, as the handler last heard
+    /// (`channelWritabilityChanged`): a flag, not the channel's atomics, on the fan-out path.
+    var writable = true
+
     /// Encodes a text frame into the pending buffer. On the event loop.
     func append(_ payload: ByteBuffer) {
-        guard channel.isActive, !closing else { return }
-        if channel.isWritable {
+        // `socketContext` is dropped when the channel goes inactive (`detach`).
+        guard socketContext != nil, !closing else { return }
+        if writable {
             unwritableWrites = 0
         } else {
             unwritableWrites += 1
@@ -78,7 +83,7 @@ public final class ChatConnection: @unchecked Sendable {
 
     /// Sends a control frame (ping, pong) at once. On the event loop.
     func sendControl(opcode: UInt8, _ payload: ByteBuffer) {
-        guard channel.isActive, !closing else { return }
+        guard socketContext != nil, !closing else { return }
         encode(opcode: opcode, payload)
         flushPending()
     }
@@ -95,27 +100,27 @@ public final class ChatConnection: @unchecked Sendable {
     /// length (RFC 6455, section 5.2); a server's frames are not masked.
     private func encode(opcode: UInt8, _ payload: ByteBuffer) {
         let length = payload.readableBytes
-        if pending == nil {
-            pending = channel.allocator.buffer(capacity: max(2048, length + 10))
-        }
-        pending!.writeInteger(0x80 | opcode)
+        // Taken out and put back: one access to the stored property instead of one per write.
+        var buffer = pending.take() ?? channel.allocator.buffer(capacity: max(2048, length + 10))
+        buffer.writeInteger(0x80 | opcode)
         if length < 126 {
-            pending!.writeInteger(UInt8(length))
+            buffer.writeInteger(UInt8(length))
         } else if length <= Int(UInt16.max) {
-            pending!.writeInteger(UInt8(126))
-            pending!.writeInteger(UInt16(length))
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(length))
         } else {
-            pending!.writeInteger(UInt8(127))
-            pending!.writeInteger(UInt64(length))
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(length))
         }
-        pending!.writeImmutableBuffer(payload)
+        buffer.writeImmutableBuffer(payload)
+        pending = buffer
     }
 
     /// Hands the pending frames to the socket in one write and flushes. On the event loop.
     func flushPending() {
         guard let buffer = pending else { return }
         pending = nil
-        guard channel.isActive, let socketContext else { return }
+        guard let socketContext else { return }
         socketContext.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 

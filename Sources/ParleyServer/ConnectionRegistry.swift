@@ -3,15 +3,17 @@ import ParleyCore
 import Synchronization
 
 public final class ConnectionRegistry: Sendable {
-    private let byUser = Mutex<[String: [ObjectIdentifier: ChatConnection]]>([:])
+    /// A user's connections in an array: a user has few devices, and a fan-out copies the
+    /// array whole instead of walking a dictionary's values.
+    private let byUser = Mutex<[String: [ChatConnection]]>([:])
 
     func add(_ connection: ChatConnection, userID: String) {
-        byUser.withLock { $0[userID, default: [:]][ObjectIdentifier(connection)] = connection }
+        byUser.withLock { $0[userID, default: []].append(connection) }
     }
 
     func remove(_ connection: ChatConnection, userID: String) {
         byUser.withLock { users in
-            users[userID]?[ObjectIdentifier(connection)] = nil
+            users[userID]?.removeAll { $0 === connection }
             if users[userID]?.isEmpty == true { users[userID] = nil }
         }
     }
@@ -27,7 +29,7 @@ public final class ConnectionRegistry: Sendable {
             var found: [ChatConnection] = []
             found.reserveCapacity(userIDs.count)
             for userID in userIDs {
-                if let connections = users[userID] { found.append(contentsOf: connections.values) }
+                if let connections = users[userID] { found.append(contentsOf: connections) }
             }
             return found
         }
@@ -35,7 +37,7 @@ public final class ConnectionRegistry: Sendable {
 
     /// Every connection, for shutdown.
     func all() -> [ChatConnection] {
-        byUser.withLock { $0.values.flatMap { Array($0.values) } }
+        byUser.withLock { $0.values.flatMap { $0 } }
     }
 
     public var count: Int { byUser.withLock { $0.values.reduce(0) { $0 + $1.count } } }
