@@ -86,6 +86,12 @@ let package = Package(
         .systemLibrary(name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium"),
         // The JSON reader and writer shared by the server and the client (no Foundation).
         .target(name: "ParleyJSON", swiftSettings: strictSwift),
+        // WebSocket frames read and written in place, for the server and the load generator.
+        .target(
+            name: "ParleyWebSocket",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strictSwift
+        ),
         // Accounts, devices, conversations, sequencing and sync: plain Swift over the storage facade.
         .target(
             name: "ParleyCore",
@@ -100,7 +106,7 @@ let package = Package(
         .target(
             name: "ParleyServer",
             dependencies: [
-                "PluginHost", "ParleyCore", "ParleyJSON",
+                "PluginHost", "ParleyCore", "ParleyJSON", "ParleyWebSocket",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -154,12 +160,10 @@ let package = Package(
         .executableTarget(
             name: "parley-bench",
             dependencies: [
-                "ParleyClient", "ParleyJSON",
+                "ParleyClient", "ParleyJSON", "ParleyWebSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strictSwift

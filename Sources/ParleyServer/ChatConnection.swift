@@ -8,6 +8,7 @@
 import NIOCore
 import NIOWebSocket
 import ParleyCore
+import ParleyWebSocket
 import Synchronization
 
 public final class ChatConnection: @unchecked Sendable {
@@ -56,10 +57,6 @@ public final class ChatConnection: @unchecked Sendable {
         writer.send(payload, to: self)
     }
 
-    static let textOpcode: UInt8 = 0x1
-    static let closeOpcode: UInt8 = 0x8
-    static let pingOpcode: UInt8 = 0x9
-    static let pongOpcode: UInt8 = 0xA
 
     /// Whether the socket takes more writes, as the handler last heard
     /// (`channelWritabilityChanged`): a flag, not the channel's atomics, on the fan-out path.
@@ -78,7 +75,7 @@ public final class ChatConnection: @unchecked Sendable {
                 return
             }
         }
-        encode(opcode: Self.textOpcode, payload)
+        encode(opcode: WebSocketFrames.text, payload)
     }
 
     /// Sends a control frame (ping, pong) at once. On the event loop.
@@ -96,23 +93,11 @@ public final class ChatConnection: @unchecked Sendable {
         pending = buffer
     }
 
-    /// Appends a whole frame to the pending buffer: FIN and the opcode, then the payload
-    /// length (RFC 6455, section 5.2); a server's frames are not masked.
+    /// Appends a whole frame to the pending buffer; a server's frames are not masked.
     private func encode(opcode: UInt8, _ payload: ByteBuffer) {
-        let length = payload.readableBytes
         // Taken out and put back: one access to the stored property instead of one per write.
-        var buffer = pending.take() ?? channel.allocator.buffer(capacity: max(2048, length + 10))
-        buffer.writeInteger(0x80 | opcode)
-        if length < 126 {
-            buffer.writeInteger(UInt8(length))
-        } else if length <= Int(UInt16.max) {
-            buffer.writeInteger(UInt8(126))
-            buffer.writeInteger(UInt16(length))
-        } else {
-            buffer.writeInteger(UInt8(127))
-            buffer.writeInteger(UInt64(length))
-        }
-        buffer.writeImmutableBuffer(payload)
+        var buffer = pending.take() ?? channel.allocator.buffer(capacity: max(2048, payload.readableBytes + 10))
+        WebSocketFrames.append(opcode: opcode, payload, to: &buffer)
         pending = buffer
     }
 
@@ -146,7 +131,7 @@ public final class ChatConnection: @unchecked Sendable {
             close(code: .init(codeNumber: ChatCloseCode.idleTimeout), reason: "no frames or pongs for too long")
         } else if now - lastRead >= timing.ping, now - lastPing >= timing.ping {
             lastPing = now
-            sendControl(opcode: Self.pingOpcode, ByteBuffer())
+            sendControl(opcode: WebSocketFrames.ping, ByteBuffer())
         }
     }
 
@@ -161,7 +146,7 @@ public final class ChatConnection: @unchecked Sendable {
         data.write(webSocketErrorCode: code)
         // A control frame carries at most 125 bytes: the code and up to 123 of the reason.
         data.writeBytes(reason.utf8.prefix(123))
-        encode(opcode: Self.closeOpcode, data)
+        encode(opcode: WebSocketFrames.close, data)
         closing = true
         let frames = pending!
         pending = nil

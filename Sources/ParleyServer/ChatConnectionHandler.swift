@@ -4,6 +4,7 @@ public import NIOCore
 import NIOWebSocket
 import ParleyCore
 import ParleyJSON
+import ParleyWebSocket
 import Synchronization
 
 /// Limits and timers of the chat listener.
@@ -105,7 +106,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         case .binary:
             connection.send(ChatFrames.error(id: nil, ChatError("unsupported_frame", "binary frames are not used; send JSON text frames")))
         case .ping(let payload):
-            connection.sendControl(opcode: ChatConnection.pongOpcode, payload)
+            connection.sendControl(opcode: WebSocketFrames.pong, payload)
         case .pong:
             break
         case .close(let code):

@@ -1,11 +1,13 @@
-// Reads a client's WebSocket frames (RFC 6455, section 5) from the bytes of one connection:
-// unmasks each payload in place and hands it on as a slice of the bytes read, with no frame
-// objects (the first unmask of a read copies the read buffer once, since NIO still holds it
-// during the read); reassembles fragmented messages up to a size limit.
-import NIOCore
+// Reads WebSocket frames (RFC 6455, section 5) from the bytes of one connection: the
+// server's reader of client frames (masked, unmasked here in place) and the load
+// generator's reader of server frames (unmasked). Each payload is handed on as a slice of
+// the bytes read, with no frame objects (the first unmask of a read copies the read buffer
+// once, since NIO still holds it during the read); fragmented messages are reassembled up to
+// a size limit.
+public import NIOCore
 
-struct WebSocketReader {
-    enum Event {
+public struct WebSocketReader {
+    public enum Event {
         /// A whole text message.
         case text(ByteBuffer)
         case binary
@@ -15,25 +17,28 @@ struct WebSocketReader {
         case close(UInt16?)
     }
 
-    enum Failure: Error {
+    public enum Failure: Error {
         /// Not a valid frame sequence (close code 1002), with the reason.
         case protocolError(String)
         /// A message over the limit (close code 1009).
         case tooLarge
     }
 
-    let maxMessageBytes: Int
+    public let maxMessageBytes: Int
+    /// Frames must be masked (a server reading a client) or must not be (a client reading a server).
+    public let masked: Bool
     /// Bytes read and not yet consumed.
     private var buffer: ByteBuffer?
     /// The fragments so far of a message sent in several frames, and its opcode.
     private var fragments: ByteBuffer?
     private var fragmentsAreText = false
 
-    init(maxMessageBytes: Int) {
+    public init(maxMessageBytes: Int, masked: Bool = true) {
         self.maxMessageBytes = maxMessageBytes
+        self.masked = masked
     }
 
-    mutating func append(_ bytes: inout ByteBuffer) {
+    public mutating func append(_ bytes: inout ByteBuffer) {
         if buffer == nil || buffer!.readableBytes == 0 {
             buffer = bytes
         } else {
@@ -45,7 +50,7 @@ struct WebSocketReader {
     }
 
     /// The next event, or nil when more bytes are needed.
-    mutating func next() throws(Failure) -> Event? {
+    public mutating func next() throws(Failure) -> Event? {
         while true {
             guard buffer != nil, let frame = try nextFrame() else {
                 if buffer?.readableBytes == 0 { buffer = nil }
@@ -98,7 +103,8 @@ struct WebSocketReader {
         let fin = first & 0x80 != 0
         let opcode = first & 0x0F
         guard first & 0x70 == 0 else { throw .protocolError("reserved bits are set; no extension was negotiated") }
-        guard second & 0x80 != 0 else { throw .protocolError("frames from a client must be masked") }
+        guard second & 0x80 != 0 || !masked else { throw .protocolError("frames from a client must be masked") }
+        guard second & 0x80 == 0 || masked else { throw .protocolError("frames from a server must not be masked") }
         var header = 2
         var length = UInt64(second & 0x7F)
         if length == 126 {
@@ -119,21 +125,58 @@ struct WebSocketReader {
             throw .protocolError("unknown opcode \(opcode)")
         }
         let count = Int(length)
-        guard available >= header + 4 + count else { return nil }
-        let maskAt = start + header
-        let payloadAt = maskAt + 4
-        buffer!.withUnsafeMutableReadableBytes { bytes in
-            let mask = (bytes[header], bytes[header + 1], bytes[header + 2], bytes[header + 3])
-            let payload = UnsafeMutableRawBufferPointer(rebasing: bytes[(header + 4)..<(header + 4 + count)])
-            Self.unmask(payload, mask)
+        let keyBytes = masked ? 4 : 0
+        guard available >= header + keyBytes + count else { return nil }
+        let payloadAt = start + header + keyBytes
+        if masked {
+            buffer!.withUnsafeMutableReadableBytes { bytes in
+                let payload = UnsafeMutableRawBufferPointer(rebasing: bytes[(header + 4)..<(header + 4 + count)])
+                WebSocketFrames.mask(payload, key: (bytes[header], bytes[header + 1], bytes[header + 2], bytes[header + 3]))
+            }
         }
         let payload = buffer!.getSlice(at: payloadAt, length: count)!
         buffer!.moveReaderIndex(to: payloadAt + count)
         return Frame(fin: fin, opcode: opcode, payload: payload)
     }
+}
 
-    /// XORs the payload with the repeating 4-byte key, eight bytes at a time.
-    private static func unmask(_ payload: UnsafeMutableRawBufferPointer, _ mask: (UInt8, UInt8, UInt8, UInt8)) {
+/// Writing frames, and the mask both sides apply.
+public enum WebSocketFrames {
+    public static let text: UInt8 = 0x1
+    public static let close: UInt8 = 0x8
+    public static let ping: UInt8 = 0x9
+    public static let pong: UInt8 = 0xA
+
+    /// Appends one whole frame: FIN and the opcode, the payload length (RFC 6455, section
+    /// 5.2), and the payload, masked with `key` when one is given (a client's frames).
+    public static func append(opcode: UInt8, _ payload: ByteBuffer, to buffer: inout ByteBuffer, key: (UInt8, UInt8, UInt8, UInt8)? = nil) {
+        let length = payload.readableBytes
+        let maskBit: UInt8 = key == nil ? 0 : 0x80
+        buffer.writeInteger(0x80 | opcode)
+        if length < 126 {
+            buffer.writeInteger(maskBit | UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            buffer.writeInteger(maskBit | 126)
+            buffer.writeInteger(UInt16(length))
+        } else {
+            buffer.writeInteger(maskBit | 127)
+            buffer.writeInteger(UInt64(length))
+        }
+        guard let key else {
+            buffer.writeImmutableBuffer(payload)
+            return
+        }
+        buffer.writeBytes([key.0, key.1, key.2, key.3])
+        let start = buffer.writerIndex - buffer.readerIndex
+        buffer.writeImmutableBuffer(payload)
+        buffer.withUnsafeMutableReadableBytes { bytes in
+            mask(UnsafeMutableRawBufferPointer(rebasing: bytes[start..<(start + length)]), key: key)
+        }
+    }
+
+    /// XORs the payload with the repeating 4-byte key, eight bytes at a time (masking and
+    /// unmasking are the same operation).
+    public static func mask(_ payload: UnsafeMutableRawBufferPointer, key mask: (UInt8, UInt8, UInt8, UInt8)) {
         let key = [mask.0, mask.1, mask.2, mask.3]
         var word: UInt64 = 0
         withUnsafeMutableBytes(of: &word) { bytes in
