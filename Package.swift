@@ -193,7 +193,8 @@ let package = Package(
         .testTarget(
             name: "ServerTests",
             dependencies: [
-                "ParleyServer", "ParleyClient", "ParleyCore", "ParleyJSON", "PluginHost",
+                "ParleyServer", "ParleyClient", "ParleyCore", "ParleyJSON", "ParleyWebSocket", "PluginHost",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift

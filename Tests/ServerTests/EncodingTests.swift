@@ -1,7 +1,9 @@
-// The hand-written JSON writer and the conversation id parser, which the hot path uses
-// instead of Foundation.
+// The hand-written JSON writer, the conversation id parser and the WebSocket framing,
+// which the hot path uses instead of Foundation and NIO's frame handlers.
+import NIOCore
 import ParleyCore
 import ParleyJSON
+import ParleyWebSocket
 import Testing
 
 @Suite("Encoding")
@@ -52,6 +54,41 @@ struct EncodingTests {
         #expect(ConversationID("g:team_42")?.groupID == "team_42")
         for bad in ["", "d:", "g:", "d:alice", "d:bob:alice", "d:a:b:c", "d::b", "d:a:", "g:ab", "g:Team", "g:a:b", "x:a:b", "dd:a:b", "g:" + String(repeating: "a", count: 200)] {
             #expect(ConversationID(bad) == nil, "\(bad) is not a conversation id")
+        }
+    }
+
+    /// Frames written by `WebSocketFrames.append` read back whole with `WebSocketReader`, for
+    /// every length form, split at every byte; each side refuses the other side's masking.
+    @Test func framesRoundTripMaskedAndUnmasked() throws {
+        for masked in [true, false] {
+            for length in [0, 5, 125, 126, 65_535, 65_536] {
+                let payload = ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+                var frames = ByteBuffer()
+                WebSocketFrames.append(opcode: WebSocketFrames.text, payload, to: &frames, key: masked ? (0x12, 0x34, 0x56, 0x78) : nil)
+                WebSocketFrames.append(opcode: WebSocketFrames.ping, ByteBuffer(bytes: [1, 2]), to: &frames, key: masked ? (9, 8, 7, 6) : nil)
+                if masked { #expect(frames.getInteger(at: 1, as: UInt8.self)! & 0x80 != 0) }
+                var reader = WebSocketReader(maxMessageBytes: 1 << 20, masked: masked)
+                var events: [WebSocketReader.Event] = []
+                // Handed over in pieces, as reads arrive.
+                let step = max(1, frames.readableBytes / 7)
+                while frames.readableBytes > 0 {
+                    var piece = frames.readSlice(length: min(step, frames.readableBytes))!
+                    reader.append(&piece)
+                    while let event = try reader.next() { events.append(event) }
+                }
+                guard events.count == 2, case .text(let text) = events[0], case .ping(let ping) = events[1] else {
+                    Issue.record("masked \(masked), length \(length): \(events)")
+                    continue
+                }
+                #expect(text == payload, "masked \(masked), length \(length)")
+                #expect(Array(ping.readableBytesView) == [1, 2])
+
+                var other = WebSocketReader(maxMessageBytes: 1 << 20, masked: !masked)
+                var frame = ByteBuffer()
+                WebSocketFrames.append(opcode: WebSocketFrames.text, payload, to: &frame, key: masked ? (1, 2, 3, 4) : nil)
+                other.append(&frame)
+                #expect(throws: WebSocketReader.Failure.self) { _ = try other.next() }
+            }
         }
     }
 }
