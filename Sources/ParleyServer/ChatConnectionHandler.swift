@@ -46,8 +46,9 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
 
-    /// The handshake's answer, when it waits to leave with the first frame.
-    private let heldAnswer: ByteBuffer?
+    /// The handshake's answer, when it waits to leave with the first frame; handed to the
+    /// connection and dropped here, so idle connections do not keep it.
+    private var heldAnswer: ByteBuffer?
 
     init(service: ChatService, settings: ChatListenerSettings, headerToken: String?, heldAnswer: ByteBuffer? = nil) {
         self.service = service
@@ -61,7 +62,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         let connection = ChatConnection(channel: context.channel, socketContext: context, maxUnwritableWrites: settings.maxUnwritableWrites, timing: settings.timing)
         self.connection = connection
-        if let heldAnswer { connection.hold(heldAnswer) }
+        if let answer = heldAnswer.take() { connection.hold(answer) }
         if let headerToken { service.authenticate(connection, token: headerToken, id: nil) }
     }
 
