@@ -84,6 +84,7 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .systemLibrary(name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium"),
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         // The JSON reader and writer shared by the server and the client (no Foundation).
         .target(name: "ParleyJSON", swiftSettings: strictSwift),
         // WebSocket frames read and written in place, for the server and the load generator.
@@ -146,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "parleyd",
             dependencies: [
-                "PluginHost",
+                "PluginHost", "CMalloc",
                 "ParleyServer",
                 "StorageConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
