@@ -64,18 +64,36 @@ public final class ChatConnection: @unchecked Sendable {
 
     /// Encodes a text frame into the pending buffer. On the event loop.
     func append(_ payload: ByteBuffer) {
+        guard admit(frames: 1) else { return }
+        encode(opcode: WebSocketFrames.text, payload)
+    }
+
+    /// Adds frames already encoded (a fan-out's, shared by its recipients) to the pending
+    /// buffer: the buffer itself when nothing is pending, so no byte is copied. On the event loop.
+    func appendEncoded(_ frames: ByteBuffer, count: Int) {
+        guard admit(frames: count) else { return }
+        if var buffer = pending.take() {
+            buffer.writeImmutableBuffer(frames)
+            pending = buffer
+        } else {
+            pending = frames
+        }
+    }
+
+    /// Whether frames may still be queued: the connection is open, and it has not had more
+    /// than `maxUnwritableWrites` frames queued while its socket refused more (a slow
+    /// consumer, closed here).
+    private func admit(frames: Int) -> Bool {
         // `socketContext` is dropped when the channel goes inactive (`detach`).
-        guard socketContext != nil, !closing else { return }
+        guard socketContext != nil, !closing else { return false }
         if writable {
             unwritableWrites = 0
-        } else {
-            unwritableWrites += 1
-            if unwritableWrites > maxUnwritableWrites {
-                close(code: .init(codeNumber: ChatCloseCode.slowConsumer), reason: "slow consumer: reconnect and sync")
-                return
-            }
+            return true
         }
-        encode(opcode: WebSocketFrames.text, payload)
+        unwritableWrites += frames
+        guard unwritableWrites > maxUnwritableWrites else { return true }
+        close(code: .init(codeNumber: ChatCloseCode.slowConsumer), reason: "slow consumer: reconnect and sync")
+        return false
     }
 
     /// Sends a control frame (ping, pong) at once. On the event loop.
@@ -175,15 +193,69 @@ public enum ChatCloseCode {
 
 /// One per event loop: takes frames for the loop's connections from any thread and
 /// flushes each connection that got frames once, at the end of the tick.
+///
+/// A storage batch of a group hands over one fan-out per message, each to the same
+/// connections but its sender's. Consecutive fan-outs to the same connections form a run:
+/// their frames are encoded once, back to back, into one buffer that every recipient's
+/// pending buffer takes whole (by reference when it had nothing pending). Connections that
+/// must see a run's frames one by one (a sender, who does not get its own message, and any
+/// connection that gets another frame in the middle of the run) get them one by one, in order.
 final class LoopWriter: @unchecked Sendable {
     private enum Delivery {
         case one(ChatConnection, ByteBuffer)
-        case many(ByteBuffer, [ChatConnection])
+        /// One frame to these connections of the loop, but `except`.
+        case many(ByteBuffer, [ChatConnection], except: ChatConnection?)
     }
 
     private struct Inbox {
         var deliveries: [Delivery] = []
         var scheduled = false
+    }
+
+    /// Consecutive fan-outs to the same connections, encoded once.
+    private struct Run {
+        let connections: [ChatConnection]
+        var frames = ByteBuffer()
+        /// Where each frame ends in `frames`, and the connection it skips.
+        var ends: [Int] = []
+        var excepts: [ChatConnection?] = []
+        /// Connections already given the first n frames one by one.
+        var givenSeparately: [ObjectIdentifier: Int] = [:]
+
+        init(connections: [ChatConnection]) {
+            self.connections = connections
+        }
+
+        mutating func add(_ payload: ByteBuffer, except: ChatConnection?) {
+            WebSocketFrames.append(opcode: WebSocketFrames.text, payload, to: &frames)
+            ends.append(frames.writerIndex)
+            excepts.append(except)
+        }
+
+        func includes(_ connection: ChatConnection) -> Bool {
+            connections.contains { $0 === connection }
+        }
+
+        /// Gives the connection the frames it has not had yet, one by one, skipping its own.
+        mutating func giveSeparately(to connection: ChatConnection) {
+            let id = ObjectIdentifier(connection)
+            for index in (givenSeparately[id] ?? 0)..<ends.count where excepts[index] !== connection {
+                let start = index == 0 ? 0 : ends[index - 1]
+                connection.appendEncoded(frames.getSlice(at: start, length: ends[index] - start)!, count: 1)
+            }
+            givenSeparately[id] = ends.count
+        }
+
+        /// Gives every connection the run: the whole buffer to those that need nothing skipped.
+        mutating func finish() {
+            for connection in connections {
+                if givenSeparately[ObjectIdentifier(connection)] == nil, !excepts.contains(where: { $0 === connection }) {
+                    connection.appendEncoded(frames, count: ends.count)
+                } else {
+                    giveSeparately(to: connection)
+                }
+            }
+        }
     }
 
     let eventLoop: any EventLoop
@@ -231,8 +303,8 @@ final class LoopWriter: @unchecked Sendable {
         tracked[ObjectIdentifier(connection)] = nil
     }
 
-    /// Sends one frame to many connections, with one hand-over per event loop.
-    static func send(_ payload: ByteBuffer, to connections: [ChatConnection]) {
+    /// Sends one frame to many connections but `except`, with one hand-over per event loop.
+    static func send(_ payload: ByteBuffer, to connections: [ChatConnection], except: ChatConnection?) {
         var byWriter: [(LoopWriter, [ChatConnection])] = []
         for connection in connections {
             if let index = byWriter.firstIndex(where: { $0.0 === connection.writer }) {
@@ -241,7 +313,7 @@ final class LoopWriter: @unchecked Sendable {
                 byWriter.append((connection.writer, [connection]))
             }
         }
-        for (writer, connections) in byWriter { writer.hand(.many(payload, connections)) }
+        for (writer, connections) in byWriter { writer.hand(.many(payload, connections, except: except)) }
     }
 
     func send(_ payload: ByteBuffer, to connection: ChatConnection) {
@@ -250,7 +322,7 @@ final class LoopWriter: @unchecked Sendable {
 
     private func hand(_ delivery: Delivery) {
         if eventLoop.inEventLoop {
-            take(delivery)
+            take([delivery])
             return
         }
         let schedule = inbox.withLock { inbox in
@@ -268,20 +340,39 @@ final class LoopWriter: @unchecked Sendable {
             defer { inbox.deliveries = [] }
             return inbox.deliveries
         }
-        for delivery in deliveries { take(delivery) }
+        take(deliveries)
     }
 
-    private func take(_ delivery: Delivery) {
-        switch delivery {
-        case .one(let connection, let payload):
-            connection.append(payload)
-            listForFlush(connection)
-        case .many(let payload, let connections):
-            for connection in connections {
+    /// Queues the deliveries' frames on their connections, in order for each connection.
+    private func take(_ deliveries: [Delivery]) {
+        var run: Run?
+        for delivery in deliveries {
+            switch delivery {
+            case .one(let connection, let payload):
+                // A frame in the middle of a run: the connection gets the run's frames so far first.
+                if run?.includes(connection) == true { run!.giveSeparately(to: connection) }
                 connection.append(payload)
                 listForFlush(connection)
+            case .many(let payload, let connections, let except):
+                if let current = run, !Self.same(current.connections, connections) {
+                    finish(current)
+                    run = nil
+                }
+                if run == nil { run = Run(connections: connections) }
+                run!.add(payload, except: except)
             }
         }
+        if let run { finish(run) }
+    }
+
+    private func finish(_ run: Run) {
+        var run = run
+        run.finish()
+        for connection in run.connections { listForFlush(connection) }
+    }
+
+    private static func same(_ first: [ChatConnection], _ second: [ChatConnection]) -> Bool {
+        first.count == second.count && zip(first, second).allSatisfy { $0 === $1 }
     }
 
     private func listForFlush(_ connection: ChatConnection) {

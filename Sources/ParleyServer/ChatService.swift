@@ -282,10 +282,9 @@ public final class ChatService: Sendable {
     /// hand-over per event loop; returns how many connections it went to.
     @discardableResult
     func fanOut(_ frame: ByteBuffer, to users: [String], except: ChatConnection?) -> Int {
-        var connections = registry.connections(of: users)
-        connections.removeAll { $0 === except }
-        LoopWriter.send(frame, to: connections)
-        return connections.count
+        let connections = registry.connections(of: users)
+        LoopWriter.send(frame, to: connections, except: except)
+        return connections.count - (except.map { except in connections.contains { $0 === except } ? 1 : 0 } ?? 0)
     }
 
     /// Checks a token and makes the connection its device's (the `hello` frame, or the

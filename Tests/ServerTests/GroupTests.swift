@@ -204,4 +204,75 @@ struct GroupTests {
         await owner.close()
         await server.stop()
     }
+
+    /// Several members send at once without waiting for acks, so the server's storage
+    /// batches hold messages of several senders and each reaches the loop writers as runs of
+    /// fan-outs. Every member gets every other member's message once, in sequence order, never
+    /// its own, and each ack comes after the events of lower sequences it gets.
+    @Test func concurrentSendersGetEveryOtherMessageOnceInOrderAndAcksAfterEarlierEvents() async throws {
+        let server = try await TestServer.start(["chat.rate_limit_per_second=100000"])
+        let names = ["ann", "ben", "cat", "dan"]
+        var connected: [ChatSession] = []
+        var ids: [String] = []
+        for name in names {
+            let login = try await server.user(name)[0]
+            connected.append(try await server.connect(login))
+            ids.append(login.userID)
+        }
+        let sessions = connected
+        let conversation = try await create(sessions[0], "burst", members: ["ben", "cat", "dan"])
+        let inboxes = sessions.map { Inbox($0) }
+        let perSender = 40, senders = 3
+        await withTaskGroup(of: Void.self) { group in
+            for sender in 0..<senders {
+                group.addTask {
+                    for index in 0..<perSender {
+                        let frame = JSONWriter.frame("send", id: "s\(sender)-\(index)") { writer in
+                            writer.field("conversation", conversation)
+                            writer.field("client_id", "c\(sender)-\(index)")
+                            writer.field("content_type", "text/plain")
+                            writer.field("body", "burst \(sender) \(index)")
+                        }
+                        try? await sessions[sender].sendRaw(String(decoding: frame, as: UTF8.self))
+                    }
+                }
+            }
+        }
+        for (member, inbox) in inboxes.enumerated() {
+            let ownSends = member < senders ? perSender : 0
+            let expected = senders * perSender - ownSends
+            let deadline = ContinuousClock.now + .seconds(20)
+            var timeline: [ChatEvent] = []
+            while ContinuousClock.now < deadline {
+                timeline = await inbox.timeline
+                let messages = timeline.filter { if case .message(let m) = $0 { m["body"]?.stringValue?.hasPrefix("burst") == true } else { false } }.count
+                let acks = timeline.filter { if case .other(let frame) = $0 { frame["type"]?.stringValue == "ack" } else { false } }.count
+                if messages >= expected && acks >= ownSends { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            var seen: [Int64] = []
+            var acks = 0
+            for event in timeline {
+                switch event {
+                case .message(let message) where message["body"]?.stringValue?.hasPrefix("burst") == true:
+                    #expect(message["from"]?.stringValue != ids[member], "\(names[member]) got its own message")
+                    if let sequence = message["seq"]?.int64Value { seen.append(sequence) }
+                case .other(let frame) where frame["type"]?.stringValue == "ack":
+                    acks += 1
+                    let sequence = frame["seq"]?.int64Value ?? 0
+                    // Everything of a lower sequence that this member receives came before the ack.
+                    let received = Set(seen)
+                    let owed = (1..<sequence).filter { !received.contains($0) }.count
+                    #expect(owed <= ownSends, "\(names[member]): the ack of \(sequence) came before earlier events")
+                default:
+                    break
+                }
+            }
+            #expect(seen.count == expected, "\(names[member]) got \(seen.count) of \(expected)")
+            #expect(seen == seen.sorted() && Set(seen).count == seen.count, "\(names[member]): in order, each once")
+            #expect(acks == ownSends)
+        }
+        for session in sessions { await session.close() }
+        await server.stop()
+    }
 }

@@ -62,6 +62,8 @@ final class TestServer: Sendable {
 actor Inbox {
     private(set) var messages: [JSONValue] = []
     private(set) var others: [ChatEvent] = []
+    /// Every event in the order it arrived.
+    private(set) var timeline: [ChatEvent] = []
 
     init(_ session: ChatSession) {
         Task { [weak self] in
@@ -72,6 +74,7 @@ actor Inbox {
     }
 
     private func record(_ event: ChatEvent) {
+        timeline.append(event)
         if case .message(let message) = event {
             messages.append(message)
         } else {
