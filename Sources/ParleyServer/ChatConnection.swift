@@ -57,7 +57,6 @@ public final class ChatConnection: @unchecked Sendable {
         writer.send(payload, to: self)
     }
 
-
     /// Whether the socket takes more writes, as the handler last heard
     /// (`channelWritabilityChanged`): a flag, not the channel's atomics, on the fan-out path.
     var writable = true
