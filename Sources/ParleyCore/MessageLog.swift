@@ -358,6 +358,9 @@ public final class MessageLog: Sendable {
         var current = result.members.current
         var summaryUsers = Set(current)
         var membershipChanged = false
+        /// The sequence of the event that ended each user's membership in this batch: their
+        /// row stops there, since they cannot read further.
+        var membershipEnded: [String: Int64] = [:]
         for pending in batch.pending {
             let request = pending.request
             let ref = ClientRef(userID: request.sender.userID, clientID: request.clientID)
@@ -379,6 +382,8 @@ public final class MessageLog: Sendable {
                     alsoNotify = event.alsoNotify
                     eventWrites = event.writes
                     result.members = changed
+                    let remaining = Set(changed.current)
+                    for user in current where !remaining.contains(user) { membershipEnded[user] = result.lastSequence + 1 }
                     current = changed.current
                     membershipChanged = true
                     summaryUsers.formUnion(current)
@@ -430,7 +435,15 @@ public final class MessageLog: Sendable {
             let live = Self.summaryValue(result.lastSequence, timestamp, live: true)
             let currentSet = Set(current)
             for user in summaryUsers.sorted() {
-                result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(currentSet.contains(user) ? live : summary))
+                let value: [UInt8]
+                if currentSet.contains(user) {
+                    value = live
+                } else if let ended = membershipEnded[user] {
+                    value = Self.summaryValue(ended, timestamp, live: false)
+                } else {
+                    value = summary
+                }
+                result.writes.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(value))
             }
         }
         return result

@@ -6,6 +6,7 @@ import ParleyCore
 import ParleyJSON
 import ParleyServer
 import PluginHost
+import Synchronization
 import Testing
 
 @Suite("Groups", .serialized)
@@ -274,5 +275,60 @@ struct GroupTests {
         }
         for session in sessions { await session.close() }
         await server.stop()
+    }
+
+    /// A batch that removes a member and then stores more messages: the removed member's row
+    /// stops at the removal, so their `sync` never reports messages they cannot fetch. Driven
+    /// through a MessageLog of its own on the server's storage, with the members' load held
+    /// until all three sends are queued, so they are one batch.
+    @Test func aMemberRemovedInABatchKeepsTheSequenceOfTheRemoval() async throws {
+        let server = try await TestServer.start()
+        let log = MessageLog(storage: server.node.runtime.storage)
+        let (release, released) = AsyncStream<Void>.makeStream()
+        log.loadMembers { _ in
+            for await _ in release { break }
+            return ConversationMembers(exists: true, name: "batch", members: [
+                "u_owner": .init(role: .owner, fromSequence: 1), "u_cat": .init(role: .member, fromSequence: 1),
+            ])
+        }
+        let conversation = ConversationID.group("gr_removalbatch")
+        let owner = Session(userID: "u_owner", deviceID: "dv_owner", username: "owner")
+        let acks = AckCollector()
+        func submit(_ clientID: String, change: SendRequest.MembershipChange? = nil) {
+            log.submit(SendRequest(sender: owner, conversation: conversation, clientID: clientID, contentType: "text/plain", body: clientID, membershipChange: change)) { result in
+                acks.add(clientID, result)
+            }
+        }
+        submit("before")
+        submit("removal") { members, sequence throws(ChatError) in
+            members.members["u_cat"]!.untilSequence = sequence
+            return MembershipEvent(writes: [], body: "{}", alsoNotify: ["u_cat"])
+        }
+        submit("after")
+        released.yield()
+        let results = await acks.wait(for: 3)
+        #expect(results["before"] == 1 && results["removal"] == 2 && results["after"] == 3, "one batch, in order: \(results)")
+        let cat = try await log.conversations(of: "u_cat")
+        #expect(cat.first?.lastSequence == 2, "the removed member's row stops at the removal: \(cat)")
+        let ownerView = try await log.conversations(of: "u_owner")
+        #expect(ownerView.first?.lastSequence == 3)
+        await server.stop()
+    }
+}
+
+/// The sequences of acknowledged sends, by client id.
+private final class AckCollector: Sendable {
+    private let acks = Mutex<[String: Int64]>([:])
+
+    func add(_ clientID: String, _ result: Result<(SendAck, StoredMessage?), ChatError>) {
+        acks.withLock { $0[clientID] = (try? result.get().0.sequence) ?? -1 }
+    }
+
+    func wait(for count: Int) async -> [String: Int64] {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, acks.withLock({ $0.count }) < count {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return acks.withLock { $0 }
     }
 }
