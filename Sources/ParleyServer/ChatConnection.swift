@@ -14,6 +14,8 @@ import Synchronization
 public final class ChatConnection: @unchecked Sendable {
     let channel: any Channel
     let session = Mutex<Session?>(nil)
+    /// The socket has closed (set by `ChatService.disconnected`, before it reads `session`).
+    let closed = Atomic<Bool>(false)
     /// Frames written while the socket refuses more before the connection counts as a
     /// slow consumer and is closed (the device resyncs by cursor after reconnecting).
     let maxUnwritableWrites: Int
@@ -152,10 +154,12 @@ public final class ChatConnection: @unchecked Sendable {
         }
     }
 
-    /// Sends a close frame with code and reason, then closes the socket.
+    /// Sends a close frame with code and reason, then closes the socket. From another thread
+    /// the close goes through the loop writer, behind the frames sent before it (an error, then
+    /// the close that follows it).
     func close(code: WebSocketErrorCode, reason: String) {
         guard channel.eventLoop.inEventLoop else {
-            channel.eventLoop.execute { self.close(code: code, reason: reason) }
+            writer.close(self, code: code, reason: reason)
             return
         }
         guard !closing, channel.isActive, let socketContext else { return }
@@ -204,6 +208,8 @@ final class LoopWriter: @unchecked Sendable {
         case one(ChatConnection, ByteBuffer)
         /// One frame to these connections of the loop, but `except`.
         case many(ByteBuffer, [ChatConnection], except: ChatConnection?)
+        /// A close frame, after the frames handed over before it.
+        case close(ChatConnection, WebSocketErrorCode, String)
     }
 
     private struct Inbox {
@@ -319,6 +325,10 @@ final class LoopWriter: @unchecked Sendable {
         hand(.one(connection, payload))
     }
 
+    func close(_ connection: ChatConnection, code: WebSocketErrorCode, reason: String) {
+        hand(.close(connection, code, reason))
+    }
+
     private func hand(_ delivery: Delivery) {
         if eventLoop.inEventLoop {
             take([delivery])
@@ -352,6 +362,9 @@ final class LoopWriter: @unchecked Sendable {
                 if run?.includes(connection) == true { run!.giveSeparately(to: connection) }
                 connection.append(payload)
                 listForFlush(connection)
+            case .close(let connection, let code, let reason):
+                if run?.includes(connection) == true { run!.giveSeparately(to: connection) }
+                connection.close(code: code, reason: reason)
             case .many(let payload, let connections, let except):
                 if let current = run, !Self.same(current.connections, connections) {
                     finish(current)

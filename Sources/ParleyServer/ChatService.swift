@@ -297,13 +297,18 @@ public final class ChatService: Sendable {
         Task {
             do throws(ChatError) {
                 let (session, profile) = try await accounts.authenticate(token: token)
-                let first = connection.session.withLock { current in
+                // Registered under the session lock, and only while the connection is open:
+                // `disconnected` marks it closed before it takes the lock, so a connection that
+                // closes while its token is checked is never left in the registry.
+                let added = connection.session.withLock { current -> Bool? in
                     if current != nil { return false }
+                    if connection.closed.load(ordering: .acquiring) { return nil }
                     current = session
+                    registry.add(connection, userID: session.userID)
                     return true
                 }
-                guard first else { throw ChatError.invalid("this connection is already authenticated") }
-                registry.add(connection, userID: session.userID)
+                guard let added else { return }
+                guard added else { throw ChatError.invalid("this connection is already authenticated") }
                 metrics.connections.increment()
                 connection.send(JSONWriter.frame("welcome", id: id) { writer in
                     ChatFrames.user(&writer, "user", profile)
@@ -322,8 +327,12 @@ public final class ChatService: Sendable {
 
     /// Called when a connection closes.
     func disconnected(_ connection: ChatConnection) {
-        guard let session = connection.session.withLock({ $0 }) else { return }
-        registry.remove(connection, userID: session.userID)
+        connection.closed.store(true, ordering: .releasing)
+        let session = connection.session.withLock { current in
+            if let current { registry.remove(connection, userID: current.userID) }
+            return current
+        }
+        guard let session else { return }
         metrics.connections.decrement()
         presence.disconnected(session.userID, username: session.username)
     }

@@ -14,10 +14,15 @@ struct HandshakeTests {
         String(decoding: try exchange(Array(request.utf8), port: port, upTo: bytes), as: UTF8.self)
     }
 
-    private func exchange(_ sent: [UInt8], port: Int, upTo bytes: Int = 1 << 20, waitSeconds: Int = 5) throws -> [UInt8] {
+    private func exchange(_ sent: [UInt8], port: Int, upTo bytes: Int = 1 << 20, waitSeconds: Int = 5, reset: Bool = false) throws -> [UInt8] {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket() failed") }
         defer { Glibc.close(fd) }
+        if reset {
+            // Linger 0: the close resets the connection, and the server sees it closed at once.
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        }
         var timeout = timeval(tv_sec: waitSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_in()
@@ -195,6 +200,25 @@ struct HandshakeTests {
         #expect(String(decoding: refused.prefix(13), as: UTF8.self) == "HTTP/1.1 101 ")
         #expect(replies.first.map { String(decoding: $0.1, as: UTF8.self).contains(#""code":"unauthorized""#) } == true)
         #expect(replies.last.map { $0.0 == 0x8 && Array($0.1.prefix(2)) == [0x0F, 0xA1] } == true, "then close 4001")
+        await server.stop()
+    }
+
+    /// Connections that close while their header token is being checked must not stay
+    /// registered (they would count as online for good).
+    @Test func connectionsClosedDuringAuthenticationAreNotLeftRegistered() async throws {
+        let server = try await TestServer.start()
+        let port = server.node.chatPort!
+        let token = try await server.user("quinn")[0].token
+        let request = Array(upgradeRequest(extra: "Authorization: Bearer \(token)\r\n").utf8)
+        // Send the upgrade and reset the connection at once, without reading the answer.
+        try await onThread {
+            for _ in 0..<40 { _ = try exchange(request, port: port, upTo: 0, reset: true) }
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while server.node.chat.onlineConnections > 0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(server.node.chat.onlineConnections == 0)
         await server.stop()
     }
 }
