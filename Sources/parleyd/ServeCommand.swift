@@ -97,11 +97,11 @@ private final class SignalOnce: @unchecked Sendable {
 /// glibc hands freed memory at the top of a heap back to the kernel once more than 128 KiB
 /// is free, and a group fan-out allocates and frees megabytes of frame buffers with every
 /// commit: each round trip then costs page faults (about 5% of the server's time in a
-/// profile of a 100-member group). Keep up to 64 MiB free per heap for reuse, and serve
-/// allocations up to 32 MiB from the heaps, unless the operator tunes malloc with
-/// GLIBC_TUNABLES. docs/OPERATIONS.md, "Memory".
+/// profile of a 100-member group). Keep up to 16 MiB free per heap for reuse (64 MiB
+/// measured the same), and serve allocations up to 32 MiB from the heaps, unless the
+/// operator tunes malloc with GLIBC_TUNABLES. docs/OPERATIONS.md, section 15.
 private func keepFreedMemory() {
     guard ProcessInfo.processInfo.environment["GLIBC_TUNABLES"] == nil else { return }
-    mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(M_TRIM_THRESHOLD, 16 << 20)
     mallopt(M_MMAP_THRESHOLD, 32 << 20)
 }
