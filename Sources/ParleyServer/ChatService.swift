@@ -300,21 +300,23 @@ public final class ChatService: Sendable {
                 // Registered under the session lock, and only while the connection is open:
                 // `disconnected` marks it closed before it takes the lock, so a connection that
                 // closes while its token is checked is never left in the registry.
+                // The welcome is queued while the registry's lock is held, so no fan-out that finds
+                // the connection there can queue a message ahead of it.
+                let welcome = JSONWriter.frame("welcome", id: id) { writer in
+                    ChatFrames.user(&writer, "user", profile)
+                    writer.field("device", session.deviceID)
+                    writer.field("server_time", currentTimeMillis())
+                }
                 let added = connection.session.withLock { current -> Bool? in
                     if current != nil { return false }
                     if connection.closed.load(ordering: .acquiring) { return nil }
                     current = session
-                    registry.add(connection, userID: session.userID)
+                    registry.add(connection, userID: session.userID) { connection.send(welcome) }
                     return true
                 }
                 guard let added else { return }
                 guard added else { throw ChatError.invalid("this connection is already authenticated") }
                 metrics.connections.increment()
-                connection.send(JSONWriter.frame("welcome", id: id) { writer in
-                    ChatFrames.user(&writer, "user", profile)
-                    writer.field("device", session.deviceID)
-                    writer.field("server_time", currentTimeMillis())
-                })
                 await presence.connected(session.userID, username: session.username)
             } catch {
                 fail(connection, id: id, error)

@@ -7,8 +7,13 @@ public final class ConnectionRegistry: Sendable {
     /// array whole instead of walking a dictionary's values.
     private let byUser = Mutex<[String: [ChatConnection]]>([:])
 
-    func add(_ connection: ChatConnection, userID: String) {
-        byUser.withLock { $0[userID, default: []].append(connection) }
+    /// Adds the connection. `first` runs under the registry's lock: what it sends reaches
+    /// the connection ahead of any fan-out that finds the connection here.
+    func add(_ connection: ChatConnection, userID: String, first: () -> Void = {}) {
+        byUser.withLock { users in
+            users[userID, default: []].append(connection)
+            first()
+        }
     }
 
     func remove(_ connection: ChatConnection, userID: String) {
