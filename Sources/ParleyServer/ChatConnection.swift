@@ -253,8 +253,11 @@ final class LoopWriter: @unchecked Sendable {
 
         /// Gives every connection the run: the whole buffer to those that need nothing skipped.
         mutating func finish() {
+            // Looked up once per run, not once per frame for every connection.
+            let skipping = Set(excepts.compactMap { $0.map(ObjectIdentifier.init) })
             for connection in connections {
-                if givenSeparately[ObjectIdentifier(connection)] == nil, !excepts.contains(where: { $0 === connection }) {
+                let id = ObjectIdentifier(connection)
+                if givenSeparately[id] == nil, !skipping.contains(id) {
                     connection.appendEncoded(frames, count: ends.count)
                 } else {
                     giveSeparately(to: connection)

@@ -120,13 +120,9 @@ public final class ChatService: Sendable {
         }
     }
 
-    private func reply(_ connection: ChatConnection, _ frame: [UInt8]) {
-        connection.send(frame)
-    }
-
     func fail(_ connection: ChatConnection, id: String?, _ error: ChatError) {
         metrics.errors.increment()
-        reply(connection, ChatFrames.error(id: id, error))
+        connection.send(ChatFrames.error(id: id, error))
     }
 
     private func dispatch(_ type: String, _ fields: [String: JSONValue], id: String?, _ connection: ChatConnection) throws(ChatError) {
@@ -136,7 +132,7 @@ public final class ChatService: Sendable {
             return
         }
         if type == "ping" {
-            reply(connection, JSONWriter.frame("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
+            connection.send(JSONWriter.frame("pong", id: id) { $0.field("server_time", currentTimeMillis()) })
             return
         }
         guard let session = connection.session.withLock({ $0 }) else { throw Self.notAuthenticated }
