@@ -41,6 +41,12 @@ struct EncodingTests {
         #expect(pairs?["body"] == "a\"b\né")
         #expect(pairs?["id"] == nil)
         #expect(JSONParser.flatStringObject(Array("{}".utf8))?.pairs.isEmpty == true)
+        // Unescaped text: ASCII, UTF-8 beyond it, and bytes that are not UTF-8.
+        #expect(JSONParser.flatStringObject(Array(#"{"ascii":"plain text","utf8":"wörld 🦜"}"#.utf8))?["utf8"] == "wörld 🦜")
+        #expect(JSONParser.flatStringObject(Array(#"{"ascii":"plain text"}"#.utf8))?["ascii"] == "plain text")
+        let invalid: [UInt8] = Array(#"{"body":"a"#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
+        #expect(JSONParser.flatStringObject(invalid) == nil)
+        #expect(throws: JSONParseError.self) { try JSONParser.parse(invalid) }
         for other in [#"{"a":1}"#, #"{"a":"x","b":{"c":"d"}}"#, #"{"a":"x"} x"#, #"{"a":"x",}"#, #"["a"]"#, #"{"a":"x""#, #"{"a":null}"#, ""] {
             #expect(JSONParser.flatStringObject(Array(other.utf8)) == nil, "\(other) is not a flat object of strings")
         }
