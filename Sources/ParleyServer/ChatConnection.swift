@@ -334,7 +334,15 @@ final class LoopWriter: @unchecked Sendable {
 
     private func hand(_ delivery: Delivery) {
         if eventLoop.inEventLoop {
-            take([delivery])
+            // While frames handed over from other threads wait to be taken (their take is then
+            // scheduled), a frame sent on the loop (a reply, a pong) queues behind them instead
+            // of overtaking them.
+            let queued = inbox.withLock { inbox in
+                guard !inbox.deliveries.isEmpty else { return false }
+                inbox.deliveries.append(delivery)
+                return true
+            }
+            if !queued { take([delivery]) }
             return
         }
         let schedule = inbox.withLock { inbox in
