@@ -45,6 +45,7 @@ let package = Package(
         .library(name: "ParleyClient", targets: ["ParleyClient"]),
         .library(name: "parley-storage-sqlite", type: .dynamic, targets: ["StorageSQLite"]),
         .library(name: "parley-storage-lmdb", type: .dynamic, targets: ["StorageLMDB"]),
+        .library(name: "parley-storage-log", type: .dynamic, targets: ["StorageLog"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -192,6 +193,17 @@ let package = Package(
             publicHeadersPath: ".",
             cSettings: [.unsafeFlags(["-fvisibility=hidden", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])],
             linkerSettings: [.linkedLibrary("lmdb")] + pluginLinkerSettings("storage-lmdb")
+        ),
+        // plugins/storage-log: an append-only log with an in-memory key index, in plain C.
+        .target(
+            name: "StorageLog",
+            dependencies: ["ParleyPluginABI"],
+            path: "plugins/storage-log",
+            exclude: ["README.md", "Makefile", "exports.map"],
+            sources: ["storage_log.c"],
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-fvisibility=hidden", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])],
+            linkerSettings: [.linkedLibrary("pthread")] + pluginLinkerSettings("storage-log")
         ),
 
         .testTarget(

@@ -118,7 +118,7 @@ struct PluginLoadingTests {
     }
 
     @Test func inspectPrintsFactsOfEveryBuiltPlugin() throws {
-        for (plugin, name, tag) in [("parley-storage-sqlite", "storage-sqlite", PluginLibrary.hostBuildTag), ("parley-storage-lmdb", "storage-lmdb", "none")] {
+        for (plugin, name, tag) in [("parley-storage-sqlite", "storage-sqlite", PluginLibrary.hostBuildTag), ("parley-storage-lmdb", "storage-lmdb", "none"), ("parley-storage-log", "storage-log", "none")] {
             let result = try TestSupport.run(TestSupport.parleyd, ["plugin", "inspect", try TestSupport.builtPlugin(plugin)])
             #expect(result.status == 0, "\(result.output)")
             #expect(result.output.contains("name:        \(name)"))

@@ -1,4 +1,4 @@
-// Both storage plugins shipped with Parley pass the conformance suite.
+// The storage plugins shipped with Parley pass the conformance suite.
 import Foundation
 import PluginHost
 import StorageConformance
@@ -42,6 +42,20 @@ struct StorageConformanceTests {
         let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-lmdb/storage_lmdb.c").path
         try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: ["-llmdb"])
         let failures = try await conformanceFailures(of: output.path)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func logPluginPassesTheSuite() async throws {
+        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-log"))
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test func logPluginBuiltWithPlainCCPassesTheSuite() async throws {
+        let output = try TestSupport.scratchFolder().appendingPathComponent("libparley-storage-log.so")
+        let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-log/storage_log.c").path
+        try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: ["-lpthread"])
+        // Small segments and eager compaction, so the suite also runs across rollovers.
+        let failures = try await conformanceFailures(of: output.path, configuration: ["segment_mb": "1", "compact_dead_ratio": "0.1", "group_commit_max_batches": "3"])
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 

@@ -1,0 +1,200 @@
+// What the log-structured plugin promises operators beyond the conformance suite:
+// torn tails are cut off, compaction reclaims space without losing rows, and one
+// folder is open in one place at a time.
+import Foundation
+import PluginHost
+import Testing
+
+@Suite("storage-log")
+struct StorageLogTests {
+    private func open(_ configuration: [String: String], pool: PluginWorkerPool) throws -> StorageBackend {
+        let library = try PluginLibrary.load(path: try TestSupport.builtPlugin("parley-storage-log"))
+        return try StorageBackend(instance: PluginInstance(library: library, configuration: configuration, pool: pool, logger: TestSupport.logger))
+    }
+
+    private func createFailure(_ configuration: [String: String], pool: PluginWorkerPool) throws -> String {
+        do {
+            let storage = try open(configuration, pool: pool)
+            _ = storage
+        } catch let error as PluginLoadError {
+            #expect(error.code == "plugin.create_failed")
+            return error.description
+        }
+        throw TestFailure("the plugin started with \(configuration)")
+    }
+
+    private func key(_ row: Int) -> StorageKey {
+        StorageKey(table: "t", partition: Array("p".utf8), sort: withUnsafeBytes(of: UInt32(row).bigEndian) { Array($0) })
+    }
+
+    private func value(_ row: Int, _ version: Int, size: Int = 100) -> [UInt8] {
+        let text = Array("row \(row) version \(version) ".utf8)
+        return Array((text + [UInt8](repeating: UInt8(truncatingIfNeeded: row &+ version), count: size)).prefix(max(size, text.count)))
+    }
+
+    /// Segment files in the folder, by name.
+    private func segments(_ folder: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".log") }.sorted()
+    }
+
+    private func size(_ path: String) throws -> UInt64 {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0
+    }
+
+    private func truncate(_ path: String, to length: UInt64) throws {
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.truncate(atOffset: length)
+    }
+
+    private func append(_ bytes: [UInt8], to path: String) throws {
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(bytes))
+    }
+
+    @Test func tornTailIsCutAwayAndWritesContinue() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        let rows = 50
+
+        var storage = try open(["path": folder], pool: pool)
+        for row in 0..<rows { try await storage.apply([.put(key(row), value: value(row, 1))]) }
+        await storage.instance.shutdown()
+        let newest = "\(folder)/\(try #require(try segments(folder).last))"
+        let acknowledged = try size(newest)
+
+        // One more batch, then cut its record in half, as a crash mid-write would.
+        storage = try open(["path": folder], pool: pool)
+        try await storage.apply([.put(key(rows), value: value(rows, 1, size: 4_000)), .put(key(rows + 1), value: value(rows + 1, 1))])
+        await storage.instance.shutdown()
+        let full = try size(newest)
+        #expect(full > acknowledged + 4_000)
+        try truncate(newest, to: acknowledged + (full - acknowledged) / 2)
+
+        storage = try open(["path": folder], pool: pool)
+        var read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        #expect(read.count == rows, "the half-written batch must vanish whole")
+        #expect(read.map(\.value) == (0..<rows).map { value($0, 1) })
+        #expect(try size(newest) == acknowledged, "the torn record is cut off the file")
+        try await storage.apply([.put(key(rows + 2), value: value(rows + 2, 1))])
+        #expect(try await storage.get(key(rows + 2)) == value(rows + 2, 1))
+        await storage.instance.shutdown()
+
+        // Garbage after the last record (a write that never reached its checksum).
+        try append(Array("garbage that is not a record".utf8) + [UInt8](repeating: 0xAB, count: 300), to: newest)
+        storage = try open(["path": folder], pool: pool)
+        read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        #expect(read.count == rows + 1)
+        try await storage.apply([.put(key(0), value: value(0, 2))])
+        await storage.instance.shutdown()
+
+        storage = try open(["path": folder], pool: pool)
+        #expect(try await storage.get(key(0)) == value(0, 2))
+        #expect(try await storage.get(key(rows + 2)) == value(rows + 2, 1))
+        await storage.instance.shutdown()
+    }
+
+    @Test func damageBeforeTheNewestSegmentRefusesToStart() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        let storage = try open(["path": folder, "segment_mb": "1"], pool: pool)
+        // Rows that stay live, so the first segment is never compacted away.
+        for row in 0..<4 { try await storage.apply([.put(key(row), value: value(row, 1, size: 300_000))]) }
+        await storage.instance.shutdown()
+        let files = try segments(folder)
+        #expect(files.count >= 2)
+        let first = "\(folder)/\(files[0])"
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: first))
+        try handle.seek(toOffset: 1_000)
+        try handle.write(contentsOf: Data([0xFF, 0x00, 0xFF, 0x00]))
+        try handle.close()
+        let message = try createFailure(["path": folder], pool: pool)
+        #expect(message.contains(files[0]) && message.contains("offset"), "\(message)")
+    }
+
+    @Test func compactionKeepsLatestValuesAndRemovesSegments() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        let configuration = ["path": folder, "segment_mb": "1"]
+        let rows = 20, rounds = 150
+        var storage = try open(configuration, pool: pool)
+        // A row written once and never touched: its segment stays mostly live only if
+        // compaction copies it correctly.
+        let keeper = StorageKey(table: "keep", partition: [], sort: [])
+        try await storage.apply([.put(keeper, value: Array("kept".utf8))])
+        var highest = 0
+        for round in 0..<rounds {
+            try await storage.apply((0..<rows).map { .put(key($0), value: value($0, round, size: 2_000)) })
+            if round % 10 == 5 {
+                // Delete some rows, rewrite one of them later.
+                try await storage.apply([.delete(key(round % rows)), .delete(key((round + 1) % rows))])
+                try await storage.apply([.put(key(round % rows), value: value(round % rows, round, size: 2_000))])
+            }
+            if let name = try segments(folder).last, let id = Int(name.prefix(8)) { highest = max(highest, id) }
+        }
+        // Rows deleted at the end stay deleted.
+        try await storage.apply([.delete(key(3)), .delete(key(7))])
+        #expect(highest >= 5, "about 6 MB were written in 1 MB segments")
+        // Compaction runs on the writer thread between groups; give it a moment to catch up.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try segments(folder).count > 3, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        await storage.instance.shutdown()
+        let remaining = try segments(folder)
+        #expect(remaining.count < highest, "compaction left \(remaining) of \(highest) segments")
+        #expect(remaining.count <= 3, "compaction left \(remaining)")
+
+        for reopen in 0..<2 {
+            storage = try open(configuration, pool: pool)
+            #expect(try await storage.get(keeper) == Array("kept".utf8), "reopen \(reopen)")
+            for row in 0..<rows {
+                let stored = try await storage.get(key(row))
+                if row == 3 || row == 7 {
+                    #expect(stored == nil, "row \(row) was deleted (reopen \(reopen))")
+                } else {
+                    #expect(stored == value(row, rounds - 1, size: 2_000), "row \(row) after reopen \(reopen)")
+                }
+            }
+            let scanned = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            #expect(scanned.count == rows - 2)
+            await storage.instance.shutdown()
+        }
+    }
+
+    @Test func secondInstanceOnTheSameFolderIsRefused() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        let first = try open(["path": folder], pool: pool)
+        try await first.apply([.put(key(1), value: value(1, 1))])
+        let message = try createFailure(["path": folder], pool: pool)
+        #expect(message.contains("in use"), "\(message)")
+        #expect(try await first.get(key(1)) == value(1, 1), "the first instance keeps working")
+        await first.instance.shutdown()
+        let second = try open(["path": folder], pool: pool)
+        #expect(try await second.get(key(1)) == value(1, 1))
+        await second.instance.shutdown()
+    }
+
+    @Test func badSettingsAndForeignFoldersAreRefusedByName() throws {
+        let scratch = try TestSupport.scratchFolder()
+        let pool = PluginWorkerPool(threads: 1, capacity: 4)
+        defer { pool.shutdown() }
+        let folder = scratch.appendingPathComponent("log").path
+        #expect(try createFailure([:], pool: pool).contains("'path'"))
+        #expect(try createFailure(["path": folder, "segment_mb": "0"], pool: pool).contains("'segment_mb'"))
+        #expect(try createFailure(["path": folder, "group_commit_max_batches": "65537"], pool: pool).contains("'group_commit_max_batches'"))
+        #expect(try createFailure(["path": folder, "compact_dead_ratio": "0.95"], pool: pool).contains("'compact_dead_ratio'"))
+        #expect(try createFailure(["path": scratch.appendingPathComponent("missing/log").path], pool: pool).contains("parent folder does not exist"))
+        let foreign = scratch.appendingPathComponent("foreign")
+        try FileManager.default.createDirectory(at: foreign, withIntermediateDirectories: true)
+        try "hello".write(to: foreign.appendingPathComponent("notes.txt"), atomically: true, encoding: .utf8)
+        #expect(try createFailure(["path": foreign.path], pool: pool).contains("notes.txt"))
+    }
+}
