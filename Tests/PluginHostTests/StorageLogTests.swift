@@ -97,6 +97,138 @@ struct StorageLogTests {
         await storage.instance.shutdown()
     }
 
+    /// The plugin's own C tests (both CRC-32C paths, the syncs at start-up, injected write
+    /// failures), built with `cc` as `make test` in its folder does, and run.
+    @Test func pluginCTestsPass() throws {
+        let binary = try TestSupport.scratchFolder().appendingPathComponent("test_storage_log")
+        let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-log/test_storage_log.c").path
+        let build = try TestSupport.run("/usr/bin/env", ["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-pthread", "-I", TestSupport.liveInclude, source, "-o", binary.path])
+        #expect(build.status == 0, "\(build.output)")
+        let result = try TestSupport.run(binary.path, [])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("all passed"))
+    }
+
+    /// Bytes of a file.
+    private func contents(_ path: String) throws -> [UInt8] {
+        Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    private func overwrite(_ path: String, at offset: UInt64, with bytes: [UInt8]) throws {
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: offset)
+        try handle.write(contentsOf: Data(bytes))
+    }
+
+    private func le32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+    }
+
+    /// Offsets of the records of a segment (after its 32-byte header), by their length fields.
+    private func recordOffsets(_ bytes: [UInt8]) -> [Int] {
+        var offsets: [Int] = []
+        var at = 32
+        while at + 8 <= bytes.count {
+            offsets.append(at)
+            at += 8 + Int(le32(bytes, at))
+        }
+        return offsets
+    }
+
+    /// CRC-32C (Castagnoli), bit by bit: the reference the plugin's table and SSE4.2 paths must match.
+    private func crc32c(_ bytes: [UInt8], _ start: UInt32 = 0) -> UInt32 {
+        var crc = ~start
+        for byte in bytes {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+        }
+        return ~crc
+    }
+
+    @Test func recordChecksumsAreStandardCRC32C() async throws {
+        #expect(crc32c(Array("123456789".utf8)) == 0xE306_9283, "the reference itself")
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        let storage = try open(["path": folder], pool: pool)
+        // Records of many lengths, so both the 8-byte steps and the byte tail of the CRC are used.
+        for row in 0..<40 { try await storage.apply([.put(key(row), value: value(row, 1, size: row * 7 + row % 8))]) }
+        await storage.instance.shutdown()
+        let bytes = try contents("\(folder)/\(try #require(try segments(folder).last))")
+        let offsets = recordOffsets(bytes)
+        #expect(offsets.count == 40)
+        for at in offsets {
+            let length = Int(le32(bytes, at))
+            let covered = Array(bytes[at..<at + 4]) + Array(bytes[at + 8..<at + 8 + length])
+            #expect(le32(bytes, at + 4) == crc32c(covered), "record at \(at)")
+        }
+    }
+
+    @Test func damageFollowedByValidRecordsInTheNewestSegmentRefusesToStart() async throws {
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        // Bit rot in a payload, and a length field that now runs past the end of the file:
+        // either way, acknowledged batches follow, so the start is refused and nothing is cut.
+        for damage in ["payload", "length"] {
+            let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+            let storage = try open(["path": folder], pool: pool)
+            for row in 0..<30 { try await storage.apply([.put(key(row), value: value(row, 1, size: 200))]) }
+            await storage.instance.shutdown()
+            let name = try #require(try segments(folder).last)
+            let newest = "\(folder)/\(name)"
+            let before = try contents(newest)
+            let record = recordOffsets(before)[10]
+            if damage == "payload" {
+                try overwrite(newest, at: UInt64(record + 8 + 40), with: [before[record + 8 + 40] ^ 0x10])
+            } else {
+                try overwrite(newest, at: UInt64(record), with: [0xF0, 0xFF, 0xFF, 0x00])
+            }
+            let message = try createFailure(["path": folder], pool: pool)
+            #expect(message.contains(name) && message.contains("offset \(record)") && message.contains("valid records follow"),
+                    "\(damage): \(message)")
+            #expect(try size(newest) == UInt64(before.count), "\(damage): nothing may be cut off")
+
+            // The operator's way out: cut the file at the named offset, knowing what that loses.
+            try truncate(newest, to: UInt64(record))
+            let reopened = try open(["path": folder], pool: pool)
+            let rows = try await reopened.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            #expect(rows.map(\.value) == (0..<10).map { value($0, 1, size: 200) }, "\(damage)")
+            await reopened.instance.shutdown()
+        }
+    }
+
+    @Test func tornTailOfZerosOrAPartialRecordStillRecovers() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        var storage = try open(["path": folder], pool: pool)
+        for row in 0..<20 { try await storage.apply([.put(key(row), value: value(row, 1, size: 300))]) }
+        await storage.instance.shutdown()
+        let newest = "\(folder)/\(try #require(try segments(folder).last))"
+        let acknowledged = try size(newest)
+
+        // Pages of a group that never reached the disk read back as zeros.
+        try append([UInt8](repeating: 0, count: 8_192), to: newest)
+        storage = try open(["path": folder], pool: pool)
+        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        #expect(try size(newest) == acknowledged)
+        await storage.instance.shutdown()
+
+        // The start of a record whose rest is missing, then zeros.
+        let bytes = try contents(newest)
+        let last = recordOffsets(bytes).last!
+        try append(Array(bytes[last..<last + 100]) + [UInt8](repeating: 0, count: 5_000), to: newest)
+        storage = try open(["path": folder], pool: pool)
+        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        #expect(try size(newest) == acknowledged)
+        try await storage.apply([.put(key(99), value: value(99, 1))])
+        await storage.instance.shutdown()
+        storage = try open(["path": folder], pool: pool)
+        #expect(try await storage.get(key(99)) == value(99, 1))
+        await storage.instance.shutdown()
+    }
+
     @Test func damageBeforeTheNewestSegmentRefusesToStart() async throws {
         let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
         let pool = PluginWorkerPool(threads: 2, capacity: 64)

@@ -112,9 +112,11 @@ struct MessagingTests {
 
     /// storage-lmdb completes each batch on the worker thread that applied it, so the next
     /// batch of a conversation can be stored on another worker while this one's messages are
-    /// still being handed out: a receiver must still get every message once, in order.
-    @Test func orderHoldsWithAPluginThatCompletesOnItsWorkers() async throws {
-        let server = try await TestServer.start(["storage.plugin=storage-lmdb", "chat.rate_limit_per_second=100000"])
+    /// still being handed out; storage-log completes whole groups of batches on its writer
+    /// thread. A receiver must still get every message once, in order.
+    @Test(arguments: ["storage-lmdb", "storage-log"])
+    func orderHoldsWithEveryOtherStoragePlugin(plugin: String) async throws {
+        let server = try await TestServer.start(["storage.plugin=\(plugin)", "chat.rate_limit_per_second=100000"])
         let alice = try await server.user("alice", devices: ["phone", "laptop"])
         let bob = try await server.user("bob")
         let senders = [try await server.connect(alice[0]), try await server.connect(alice[1])]
@@ -138,6 +140,36 @@ struct MessagingTests {
         let sequences = received.compactMap { $0["seq"]?.int64Value }
         #expect(sequences == Array(1...Int64(perSender * 2)), "every message once, in sequence order")
         for session in senders + [receiver] { await session.close() }
+        await server.stop()
+    }
+
+    /// The whole server on storage-log: messages acknowledged before a restart are all there
+    /// after it, in order, a resend is still recognised, and the sequence goes on.
+    @Test func storageLogKeepsAcknowledgedMessagesAcrossARestart() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-server-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var server = try await TestServer.start(["storage.plugin=storage-log"], dataFolder: folder)
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        var sender = try await server.connect(alice[0])
+        let conversation = try await sender.open(with: "bob")
+        for number in 1...40 { _ = try await sender.send(conversation: conversation, body: "m\(number)", clientID: "c\(number)") }
+        await sender.close()
+        await server.stop()
+
+        server = try await TestServer.start(["storage.plugin=storage-log"], dataFolder: folder)
+        sender = try await server.connect(alice[0])
+        let resend = try await sender.send(conversation: conversation, body: "m40", clientID: "c40")
+        #expect(resend["seq"]?.int64Value == 40 && resend["duplicate"] == .bool(true))
+        let next = try await sender.send(conversation: conversation, body: "m41", clientID: "c41")
+        #expect(next["seq"]?.int64Value == 41)
+        let receiver = try await server.connect(bob[0])
+        let changed = try await receiver.sync(cursors: [:])
+        #expect(changed.first { $0.conversation == conversation }?.lastSequence == 41)
+        let page = try await receiver.fetch(conversation: conversation, after: 0)
+        #expect(page.messages.compactMap { $0["body"]?.stringValue } == (1...41).map { "m\($0)" })
+        await sender.close()
+        await receiver.close()
         await server.stop()
     }
 

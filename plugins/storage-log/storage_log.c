@@ -29,8 +29,11 @@
  * into the index under the write lock and completes them. Reads take the read
  * lock and complete synchronously.
  *
- * Recovery replays the segments in order. A torn record at the end of the last
- * segment is cut off; a damaged record anywhere else refuses the start.
+ * Recovery replays the segments in order. A bad record in the newest segment
+ * that no valid record follows is a torn write (never acknowledged) and is cut
+ * off; a bad record followed by a valid one, or a damaged record in any other
+ * segment, refuses the start. Then the newest segment and the folder are synced,
+ * since replay may have read data a crashed process wrote but never synced.
  *
  * Compaction: each segment counts its live bytes (ops the index points at).
  * When a sealed segment's dead share reaches compact_dead_ratio, the writer
@@ -229,6 +232,8 @@ typedef struct slog_instance {
     void (*metric_observe)(parley_metric *, double);
 
     uint32_t crc_table[8][256];
+    /* slog_crc_update (table) or slog_crc_update_hw (SSE4.2), chosen once in create(). */
+    uint32_t (*crc_update)(const uint32_t t[8][256], uint32_t crc, const unsigned char *p, size_t n);
 
     /* Index (readers: rdlock; the writer thread mutates under wrlock). */
     pthread_rwlock_t lock;
@@ -356,11 +361,34 @@ static uint32_t slog_crc_update(const uint32_t t[8][256], uint32_t crc, const un
     return ~crc;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SLOG_NO_HW_CRC)
+#define SLOG_HAVE_HW_CRC 1
+/* CRC-32C with the SSE4.2 crc32 instruction: the same polynomial (Castagnoli, reflected), so
+ * it gives exactly the table's result. Chosen at create() when the CPU has SSE4.2. Build with
+ * -DSLOG_NO_HW_CRC to leave it out (the table is then used everywhere). */
+__attribute__((target("sse4.2"))) static uint32_t slog_crc_update_hw(const uint32_t t[8][256], uint32_t crc,
+                                                                     const unsigned char *p, size_t n) {
+    unsigned long long c = (unsigned long long)(uint32_t)~crc;
+    unsigned int c32;
+    (void)t;
+    while (n >= 8) {
+        unsigned long long v;
+        memcpy(&v, p, 8); /* x86-64 is little-endian: the instruction takes the bytes in order */
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    c32 = (unsigned int)c;
+    while (n-- > 0) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~(uint32_t)c32;
+}
+#endif
+
 /* The CRC of a record: over its 4 length bytes, then the payload. */
 static uint32_t slog_record_crc(const slog_instance *inst, const unsigned char *len_bytes, const unsigned char *payload,
                                 size_t payload_len) {
-    uint32_t c = slog_crc_update(inst->crc_table, 0, len_bytes, 4);
-    return slog_crc_update(inst->crc_table, c, payload, payload_len);
+    uint32_t c = inst->crc_update(inst->crc_table, 0, len_bytes, 4);
+    return inst->crc_update(inst->crc_table, c, payload, payload_len);
 }
 
 /* In-memory hashing only (never stored). */
@@ -1005,14 +1033,31 @@ static int slog_decode_op(const unsigned char *p, uint64_t avail, slog_op_view *
     return 0;
 }
 
+/* Checks that a payload of len bytes is a payload header and exactly its ops. */
+static int slog_payload_wellformed(const unsigned char *payload, uint32_t len, uint32_t *nops) {
+    uint32_t n, i;
+    uint64_t pos;
+    if (len < SLOG_PAYLOAD_HEADER) return -1;
+    if ((payload[0] & ~SLOG_FLAG_COMPACTION) != 0 || payload[1] != 0 || payload[2] != 0 || payload[3] != 0) return -1;
+    n = slog_get32(payload + 4);
+    pos = SLOG_PAYLOAD_HEADER;
+    for (i = 0; i < n; i++) {
+        slog_op_view v;
+        if (slog_decode_op(payload + pos, len - pos, &v) != 0) return -1;
+        pos += v.len;
+    }
+    if (pos != len) return -1;
+    *nops = n;
+    return 0;
+}
+
 /* Checks the record at off in a mapping of `size` valid bytes.
  * Returns 0 (valid; *payload_len, *nops set), 1 (short: runs past the end), 2 (bad CRC or length),
  * or 3 (CRC good but the contents are malformed). */
 static int slog_check_record(const slog_instance *inst, const unsigned char *base, uint64_t size, uint64_t off,
                              uint32_t *payload_len, uint32_t *nops) {
-    uint32_t len, crc, n, i;
+    uint32_t len, crc, n;
     const unsigned char *payload;
-    uint64_t pos;
     if (size - off < SLOG_RECORD_HEADER) return 1;
     len = slog_get32(base + off);
     crc = slog_get32(base + off + 4);
@@ -1020,17 +1065,43 @@ static int slog_check_record(const slog_instance *inst, const unsigned char *bas
     if (size - off - SLOG_RECORD_HEADER < len) return 1;
     payload = base + off + SLOG_RECORD_HEADER;
     if (slog_record_crc(inst, base + off, payload, len) != crc) return 2;
-    if ((payload[0] & ~SLOG_FLAG_COMPACTION) != 0 || payload[1] != 0 || payload[2] != 0 || payload[3] != 0) return 3;
-    n = slog_get32(payload + 4);
-    pos = SLOG_PAYLOAD_HEADER;
-    for (i = 0; i < n; i++) {
-        slog_op_view v;
-        if (slog_decode_op(payload + pos, len - pos, &v) != 0) return 3;
-        pos += v.len;
-    }
-    if (pos != len) return 3;
+    if (slog_payload_wellformed(payload, len, &n) != 0) return 3;
     *payload_len = len;
     *nops = n;
+    return 0;
+}
+
+/* Looks for a record the plugin could have written that starts after `from` in the first
+ * `size` bytes of a segment: a complete record with a good checksum, a well-formed payload
+ * and at least one op (the plugin never writes an empty record). Returns its offset, or 0
+ * when there is none. Used after a bad record in the newest segment to tell a torn tail
+ * (nothing valid after it) from damage in the middle (valid records after it). The cheap
+ * tests come first, so a scan of a long tail costs little more than reading it. */
+static uint64_t slog_find_valid_record(const slog_instance *inst, const unsigned char *base, uint64_t size,
+                                       uint64_t from, uint64_t *valid_bytes) {
+    uint64_t off;
+    const uint64_t min_len = SLOG_PAYLOAD_HEADER + SLOG_OP_HEADER;
+    *valid_bytes = 0;
+    for (off = from + 1; off < size && size - off >= SLOG_RECORD_HEADER + min_len; off++) {
+        const unsigned char *payload = base + off + SLOG_RECORD_HEADER;
+        uint32_t len = slog_get32(base + off), n;
+        if (len < min_len || len > SLOG_MAX_RECORD || (uint64_t)len > size - off - SLOG_RECORD_HEADER) continue;
+        if ((payload[0] & ~SLOG_FLAG_COMPACTION) != 0 || payload[1] != 0 || payload[2] != 0 || payload[3] != 0)
+            continue;
+        n = slog_get32(payload + 4);
+        if (n == 0 || n > (len - SLOG_PAYLOAD_HEADER) / SLOG_OP_HEADER) continue;
+        if (slog_payload_wellformed(payload, len, &n) != 0) continue;
+        if (slog_record_crc(inst, base + off, payload, len) != slog_get32(base + off + 4)) continue;
+        {
+            /* Measure the run of valid records from here, for the message. */
+            uint64_t at = off;
+            uint32_t plen, nops;
+            while (at < size && slog_check_record(inst, base, size, at, &plen, &nops) == 0)
+                at += SLOG_RECORD_HEADER + plen;
+            *valid_bytes = at - off;
+        }
+        return off;
+    }
     return 0;
 }
 
@@ -2466,6 +2537,17 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         uint64_t pos;
         int c = slog_check_record(inst, s->base, size, off, &plen, &nops);
         if (c == 1 || c == 2) {
+            uint64_t valid_bytes = 0, next = last ? slog_find_valid_record(inst, s->base, size, off, &valid_bytes) : 0;
+            if (next != 0)
+                return slog_create_fail(
+                    error, error_size, PARLEY_E_CORRUPT,
+                    SLOG_NAME ": segment '%s' is damaged at offset %llu (%s), but valid records follow it (%llu bytes "
+                              "from offset %llu), so this is not a write cut short by a crash; refusing to start rather "
+                              "than drop them. Restore the folder from a backup, or, knowing that every batch from "
+                              "offset %llu on is lost, truncate the file to %llu bytes and start again",
+                    s->path, (unsigned long long)off, c == 1 ? "a record runs past the end of the file" : "bad checksum",
+                    (unsigned long long)valid_bytes, (unsigned long long)next, (unsigned long long)off,
+                    (unsigned long long)off);
             if (!last)
                 return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                         SLOG_NAME ": segment '%s' is damaged at offset %llu (%s) and it is not the "
@@ -2573,6 +2655,11 @@ static parley_status slog_create(const parley_host_api *api, parley_host *host, 
     inst->metric_set = api->metric_set;
     inst->metric_observe = api->metric_observe;
     slog_crc_init(inst->crc_table);
+    inst->crc_update = slog_crc_update;
+#if defined(SLOG_HAVE_HW_CRC)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) inst->crc_update = slog_crc_update_hw;
+#endif
     {
         pthread_rwlockattr_t attr;
         pthread_rwlockattr_init(&attr);
@@ -2612,6 +2699,22 @@ static parley_status slog_create(const parley_host_api *api, parley_host *host, 
         }
     }
     free(ids);
+    if (inst->nsegs > 0) {
+        /* A process that crashed may have left a group written but not yet synced in the newest
+         * segment (or a segment created without its folder entry synced). Replay has just made
+         * that data readable, so make it durable before serving it; otherwise a power loss could
+         * take back rows readers have seen, and a later rollover would leave the torn record in
+         * a segment that is no longer the newest, which refuses the start. */
+        slog_seg *newest = slog_active(inst);
+        int r = slog_datasync(newest->fd);
+        if (r == 0) r = slog_fsync_dir(inst->folder);
+        if (r != 0) {
+            slog_destroy(inst);
+            return slog_create_fail(error, error_size, PARLEY_E_IO,
+                                    SLOG_NAME ": cannot sync '%s' and its folder after loading it: %s", path,
+                                    strerror(r));
+        }
+    }
     if (inst->nsegs == 0) {
         char msg[512];
         int r = slog_new_segment(inst, 1, 0, msg, sizeof msg);
