@@ -37,6 +37,7 @@ bench: deps
 	$(SWIFT) build -c release
 	.build/release/parleyd plugin bench .build/release/libparley-storage-sqlite.so
 	.build/release/parleyd plugin bench .build/release/libparley-storage-lmdb.so
+	.build/release/parleyd plugin bench .build/release/libparley-storage-log.so
 
 clean:
 	rm -rf .build
