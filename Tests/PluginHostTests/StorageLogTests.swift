@@ -1,5 +1,6 @@
 // What the log-structured plugin promises operators beyond the conformance suite:
-// torn tails are cut off, compaction reclaims space without losing rows, and one
+// torn tails (a last group cut short, whichever of its blocks reached the disk) are cut
+// off, damage refuses the start, compaction reclaims space without losing rows, and one
 // folder is open in one place at a time.
 import Foundation
 import PluginHost
@@ -125,15 +126,46 @@ struct StorageLogTests {
         UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
     }
 
-    /// Offsets of the records of a segment (after its 32-byte header), by their length fields.
-    private func recordOffsets(_ bytes: [UInt8]) -> [Int] {
-        var offsets: [Int] = []
+    private func le64(_ bytes: [UInt8], _ at: Int) -> UInt64 {
+        UInt64(le32(bytes, at)) | UInt64(le32(bytes, at + 4)) << 32
+    }
+
+    /// A group of a segment: its 32-byte group header record at `start`, then its batch records, up to `end`.
+    private struct Group {
+        let start: Int, end: Int, sequence: UInt64
+        let records: [Int]
+    }
+
+    /// The groups of a segment (after its 32-byte header), by the lengths in their headers and records.
+    private func groups(_ bytes: [UInt8]) -> [Group] {
+        var found: [Group] = []
         var at = 32
-        while at + 8 <= bytes.count {
-            offsets.append(at)
-            at += 8 + Int(le32(bytes, at))
+        while at + 32 <= bytes.count {
+            let length = le64(bytes, at + 16)
+            guard length >= 32, length <= 1 << 32 else { break } // not a group header
+            let end = at + Int(length)
+            var records: [Int] = []
+            var record = at + 32
+            while record + 8 <= min(end, bytes.count) {
+                records.append(record)
+                record += 8 + Int(le32(bytes, record))
+            }
+            found.append(Group(start: at, end: end, sequence: le64(bytes, at + 24), records: records))
+            at = end
         }
-        return offsets
+        return found
+    }
+
+    /// Offsets of the batch records of a segment (group headers left out).
+    private func recordOffsets(_ bytes: [UInt8]) -> [Int] {
+        groups(bytes).flatMap(\.records)
+    }
+
+    /// The row of a batch record holding one put of `key(row)`: its sort key, after the op header, table and partition.
+    private func row(_ bytes: [UInt8], record at: Int) -> Int {
+        let op = at + 16
+        let sort = op + 10 + Int(bytes[op + 1]) + (Int(bytes[op + 2]) | Int(bytes[op + 3]) << 8)
+        return Int(UInt32(bytes[sort]) << 24 | UInt32(bytes[sort + 1]) << 16 | UInt32(bytes[sort + 2]) << 8 | UInt32(bytes[sort + 3]))
     }
 
     /// CRC-32C (Castagnoli), bit by bit: the reference the plugin's table and SSE4.2 paths must match.
@@ -158,10 +190,115 @@ struct StorageLogTests {
         let bytes = try contents("\(folder)/\(try #require(try segments(folder).last))")
         let offsets = recordOffsets(bytes)
         #expect(offsets.count == 40)
-        for at in offsets {
+        // One group per batch here (each waited for): a group header record, then the batch's record.
+        let found = groups(bytes)
+        #expect(found.count == 40 && found.last?.end == bytes.count)
+        for (index, group) in found.enumerated() {
+            #expect(le32(bytes, group.start) == 24 && bytes[group.start + 8] == 0x02, "group header at \(group.start)")
+            #expect(bytes[group.start + 9..<group.start + 16].allSatisfy { $0 == 0 }, "reserved bytes at \(group.start)")
+            #expect(group.sequence == UInt64(index + 1), "group sequences count from 1")
+            #expect(group.records.count == 1)
+        }
+        for at in offsets + found.map(\.start) {
             let length = Int(le32(bytes, at))
             let covered = Array(bytes[at..<at + 4]) + Array(bytes[at + 8..<at + 8 + length])
             #expect(le32(bytes, at + 4) == crc32c(covered), "record at \(at)")
+        }
+    }
+
+    /// Puts `rows` all at once, so the writer thread takes several of them as one group.
+    private func putConcurrently(_ storage: StorageBackend, _ rows: Range<Int>) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            for row in rows { tasks.addTask { _ = try await storage.apply([.put(key(row), value: value(row, 1, size: 3_000))]) } }
+            try await tasks.waitForAll()
+        }
+    }
+
+    private func roundUp(_ offset: Int) -> Int { (offset + 4_095) / 4_096 * 4_096 }
+
+    /// Writes 20 rows one by one, then bursts of concurrent rows until the newest segment's last
+    /// group holds at least 4 batches and spans several 4 KiB blocks. Returns that group and the
+    /// number of rows written.
+    private func writeABigLastGroup(_ storage: StorageBackend, _ newest: () throws -> String) async throws -> (Group, Int) {
+        for row in 0..<20 { try await storage.apply([.put(key(row), value: value(row, 1, size: 3_000))]) }
+        var next = 20
+        for _ in 0..<30 {
+            try await putConcurrently(storage, next..<next + 40)
+            next += 40
+            if let last = groups(try contents(try newest())).last, last.records.count >= 4,
+               last.records.last! >= roundUp(last.start + 32) + 4_096 {
+                return (last, next)
+            }
+        }
+        throw TestFailure("the writer never took 4 concurrent batches as one group")
+    }
+
+    /// A power loss in the middle of the last group's write: the disk kept a later block of the
+    /// group (a whole record of it) but not an earlier one. Nothing of that group was acknowledged,
+    /// so recovery removes the whole group and starts.
+    @Test func tornLastGroupWithALaterBlockKeptIsCutWhole() async throws {
+        let pool = PluginWorkerPool(threads: 4, capacity: 256)
+        defer { pool.shutdown() }
+        for lost in ["group header", "middle block"] {
+            let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+            var storage = try open(["path": folder], pool: pool)
+            let (group, written) = try await writeABigLastGroup(storage) { "\(folder)/\(try #require(try segments(folder).last))" }
+            await storage.instance.shutdown()
+            let newest = "\(folder)/\(try #require(try segments(folder).last))"
+            let bytes = try contents(newest)
+            #expect(group.end == bytes.count)
+            let tornRows = Set(group.records.map { row(bytes, record: $0) })
+            let lostStart = lost == "group header" ? group.start : roundUp(group.start + 32)
+            let lostEnd = lost == "group header" ? roundUp(group.start + 1) : lostStart + 4_096
+            try overwrite(newest, at: UInt64(lostStart), with: [UInt8](repeating: 0, count: lostEnd - lostStart))
+            // The last record of the group is intact: the old rule (a valid record follows the bad one) would refuse.
+            let last = group.records.last!
+            #expect(last >= lostEnd)
+            #expect(le32(bytes, last + 4) == crc32c(Array(bytes[last..<last + 4]) + Array(bytes[last + 8..<group.end])))
+
+            storage = try open(["path": folder], pool: pool)
+            #expect(try size(newest) == UInt64(group.start), "\(lost): the file is cut where the torn group started")
+            let kept = (0..<written).filter { !tornRows.contains($0) }
+            let read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            #expect(read.map(\.value) == kept.map { value($0, 1, size: 3_000) }, "\(lost): every earlier group, none of the torn one")
+            for torn in tornRows { #expect(try await storage.get(key(torn)) == nil, "\(lost): row \(torn) was in the torn group") }
+            try await storage.apply([.put(key(written), value: value(written, 2))])
+            await storage.instance.shutdown()
+            storage = try open(["path": folder], pool: pool)
+            #expect(try await storage.get(key(written)) == value(written, 2), "\(lost)")
+            #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == kept.count + 1)
+            await storage.instance.shutdown()
+        }
+    }
+
+    /// The same damage in a group that a complete, valid group follows is not a torn write: the
+    /// start is refused, naming the file and the offset, and nothing is cut.
+    @Test func damageInAGroupThatAValidGroupFollowsRefusesToStart() async throws {
+        let pool = PluginWorkerPool(threads: 4, capacity: 256)
+        defer { pool.shutdown() }
+        for damage in ["group header", "record"] {
+            let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+            let storage = try open(["path": folder], pool: pool)
+            let (group, written) = try await writeABigLastGroup(storage) { "\(folder)/\(try #require(try segments(folder).last))" }
+            try await storage.apply([.put(key(written), value: value(written, 1, size: 3_000))])
+            await storage.instance.shutdown()
+            let name = try #require(try segments(folder).last)
+            let newest = "\(folder)/\(name)"
+            let before = try contents(newest)
+            #expect(before.count > group.end, "a complete group follows the damaged one")
+            let offset: Int
+            if damage == "group header" {
+                offset = group.start
+                try overwrite(newest, at: UInt64(offset), with: [UInt8](repeating: 0, count: 32))
+            } else {
+                offset = group.records[1]
+                try overwrite(newest, at: UInt64(offset + 8 + 40), with: [before[offset + 8 + 40] ^ 0x10])
+            }
+            let message = try createFailure(["path": folder], pool: pool)
+            #expect(message.contains(name) && message.contains("offset \(offset)") && message.contains("valid group follows it at offset \(group.end)"),
+                    "\(damage): \(message)")
+            #expect(message.contains("truncate the file to \(group.start) bytes"), "\(damage): \(message)")
+            #expect(try size(newest) == UInt64(before.count), "\(damage): nothing may be cut off")
         }
     }
 
@@ -185,12 +322,14 @@ struct StorageLogTests {
                 try overwrite(newest, at: UInt64(record), with: [0xF0, 0xFF, 0xFF, 0x00])
             }
             let message = try createFailure(["path": folder], pool: pool)
-            #expect(message.contains(name) && message.contains("offset \(record)") && message.contains("valid records follow"),
+            #expect(message.contains(name) && message.contains("offset \(record)") && message.contains("valid group follows"),
                     "\(damage): \(message)")
             #expect(try size(newest) == UInt64(before.count), "\(damage): nothing may be cut off")
 
-            // The operator's way out: cut the file at the named offset, knowing what that loses.
-            try truncate(newest, to: UInt64(record))
+            // The operator's way out: cut the file where the named group starts (one batch per group
+            // here, so just before the record), knowing what that loses.
+            #expect(message.contains("truncate the file to \(record - 32) bytes"), "\(damage): \(message)")
+            try truncate(newest, to: UInt64(record - 32))
             let reopened = try open(["path": folder], pool: pool)
             let rows = try await reopened.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
             #expect(rows.map(\.value) == (0..<10).map { value($0, 1, size: 200) }, "\(damage)")

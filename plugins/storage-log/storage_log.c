@@ -3,13 +3,20 @@
  *
  * The data lives in a folder of segment files (00000001.log, 00000002.log, ...).
  * Every committed batch is appended to the newest ("active") segment as ONE
- * record:
+ * record, and each write the writer makes durable with one pwrite and one fdatasync (a group
+ * of batch records, or one compaction step) starts with a group header record:
  *
+ *     group   = [group header record] record*        (never spans two segments)
  *     record  = [u32 payload length][u32 CRC-32C of (length, payload)][payload]
  *     payload = [u8 flags][3 zero bytes][u32 op count] op*
+ *     group header payload = [u8 flags = 0x02][3 zero bytes][u32 0]
+ *                            [u64 group bytes, header included][u64 group sequence]
  *     op      = [u8 kind][u8 table len][u16 partition len][u16 sort len]
  *               [u32 value length (put) or "since" segment id (delete)]
  *               [table][partition][sort][value (put only)]
+ *
+ * The group sequence grows by one per durable group (recovery restores it as the last one
+ * replayed + 1), so within a segment it is exactly the previous group's + 1.
  *
  * All integers are little-endian. Conditional writes (put-if-absent,
  * compare-and-set, counter-add) are resolved by the writer thread and logged as
@@ -29,16 +36,21 @@
  * into the index under the write lock and completes them. Reads take the read
  * lock and complete synchronously.
  *
- * Recovery replays the segments in order. A bad record in the newest segment
- * that no valid record follows is a torn write (never acknowledged) and is cut
- * off; a bad record followed by a valid one, or a damaged record in any other
- * segment, refuses the start. Then the newest segment and the folder are synced,
- * since replay may have read data a crashed process wrote but never synced.
+ * Recovery replays the segments in order, group by group, and replays a group only when its
+ * header and all its records are valid and it ends inside the file. A power loss during a
+ * group's write may keep any of its blocks, so in the newest segment a bad group (bad header,
+ * bad record, or running past the end) is a torn write, never acknowledged, when no valid
+ * group follows it: with a valid header, no valid group header starts exactly at its end;
+ * with a bad header, none starts anywhere after it. It is cut off whole, at its start. A bad
+ * group that a valid one follows, or one in any other segment, refuses the start. Then the
+ * newest segment and the folder are synced, since replay may have read data a crashed
+ * process wrote but never synced.
  *
  * Compaction: each segment counts its live bytes (ops the index points at).
  * When a sealed segment's dead share reaches compact_dead_ratio, the writer
  * thread copies its live rows (and the tombstones still needed) to the active
- * segment in bounded steps between groups, syncs, and removes the segment.
+ * segment in bounded steps between groups (each step one group of one record), syncs, and
+ * removes the segment.
  *
  * Tombstones carry "since": the oldest segment that may hold a put of the key
  * that the tombstone hides. Compaction drops a tombstone when no segment from
@@ -83,6 +95,11 @@
 #define SLOG_PAYLOAD_HEADER 8u
 #define SLOG_OP_HEADER 10u
 #define SLOG_FLAG_COMPACTION 0x01u
+#define SLOG_FLAG_GROUP 0x02u /* a group header record (see the top of the file) */
+#define SLOG_GROUP_PAYLOAD 24u
+#define SLOG_GROUP_HEADER (SLOG_RECORD_HEADER + SLOG_GROUP_PAYLOAD) /* 32 bytes */
+/* The largest segment file recovery accepts, and so the largest group: 4 GiB. */
+#define SLOG_MAX_SEGMENT ((uint64_t)1 << 32)
 
 #define SLOG_OP_PUT 1u
 #define SLOG_OP_DEL 2u      /* a tombstone written by a batch */
@@ -270,6 +287,11 @@ typedef struct slog_instance {
     uint64_t last_step_ns;
     uint64_t compact_retry_ns; /* no new compaction before this time (after a postponed step) */
 
+    /* Sequence number of the next group written (writer thread; set by recovery to the last
+     * replayed group's + 1). Advanced only when a group is durable, so a failed write, which
+     * is cut back, leaves no gap. */
+    uint64_t next_group_seq;
+
     parley_metric *reads_total, *writes_total, *batches_total, *commits_total, *errors_total, *compactions_total;
     parley_metric *g_segments, *g_live, *g_dead, *g_rows;
     parley_metric *commit_seconds;
@@ -310,6 +332,15 @@ static void slog_put32(unsigned char *p, uint32_t v) {
     p[1] = (unsigned char)((v >> 8) & 0xFFu);
     p[2] = (unsigned char)((v >> 16) & 0xFFu);
     p[3] = (unsigned char)(v >> 24);
+}
+
+static uint64_t slog_get64(const unsigned char *p) {
+    return (uint64_t)slog_get32(p) | ((uint64_t)slog_get32(p + 4) << 32);
+}
+
+static void slog_put64(unsigned char *p, uint64_t v) {
+    slog_put32(p, (uint32_t)(v & 0xFFFFFFFFu));
+    slog_put32(p + 4, (uint32_t)(v >> 32));
 }
 
 static int64_t slog_load_i64_le(const unsigned char *p) {
@@ -1071,36 +1102,84 @@ static int slog_check_record(const slog_instance *inst, const unsigned char *bas
     return 0;
 }
 
-/* Looks for a record the plugin could have written that starts after `from` in the first
- * `size` bytes of a segment: a complete record with a good checksum, a well-formed payload
- * and at least one op (the plugin never writes an empty record). Returns its offset, or 0
- * when there is none. Used after a bad record in the newest segment to tell a torn tail
- * (nothing valid after it) from damage in the middle (valid records after it). The cheap
- * tests come first, so a scan of a long tail costs little more than reading it. */
-static uint64_t slog_find_valid_record(const slog_instance *inst, const unsigned char *base, uint64_t size,
-                                       uint64_t from, uint64_t *valid_bytes) {
-    uint64_t off;
-    const uint64_t min_len = SLOG_PAYLOAD_HEADER + SLOG_OP_HEADER;
-    *valid_bytes = 0;
-    for (off = from + 1; off < size && size - off >= SLOG_RECORD_HEADER + min_len; off++) {
-        const unsigned char *payload = base + off + SLOG_RECORD_HEADER;
-        uint32_t len = slog_get32(base + off), n;
-        if (len < min_len || len > SLOG_MAX_RECORD || (uint64_t)len > size - off - SLOG_RECORD_HEADER) continue;
-        if ((payload[0] & ~SLOG_FLAG_COMPACTION) != 0 || payload[1] != 0 || payload[2] != 0 || payload[3] != 0)
-            continue;
-        n = slog_get32(payload + 4);
-        if (n == 0 || n > (len - SLOG_PAYLOAD_HEADER) / SLOG_OP_HEADER) continue;
-        if (slog_payload_wellformed(payload, len, &n) != 0) continue;
-        if (slog_record_crc(inst, base + off, payload, len) != slog_get32(base + off + 4)) continue;
-        {
-            /* Measure the run of valid records from here, for the message. */
-            uint64_t at = off;
-            uint32_t plen, nops;
-            while (at < size && slog_check_record(inst, base, size, at, &plen, &nops) == 0)
-                at += SLOG_RECORD_HEADER + plen;
-            *valid_bytes = at - off;
+/* Group headers. Each unit the writer makes durable with one pwrite and one fdatasync (a group
+ * of batch records, or one compaction step's record) starts with a group header record:
+ *
+ *     [u32 24][u32 CRC-32C][u8 flags = SLOG_FLAG_GROUP][3 zero bytes][u32 0 (no ops)]
+ *     [u64 group bytes, this header included][u64 group sequence]
+ *
+ * The sequence starts at 1 and grows by one per durable group, so within a segment each
+ * group's is exactly the previous one's + 1.
+ *
+ * Recovery searches the bytes after a bad group header for another group header, so a client
+ * must not be able to forge one: it cannot. Client data reaches the log only as message
+ * values, which are JSON text and so never hold a raw byte below 0x20, while a group header
+ * needs zero bytes in its length field (24 = 18 00 00 00), in its flags and reserved bytes and
+ * in the high bytes of its group length, spread over its 32 bytes; the rest of a batch record
+ * (op headers, keys) is made by the server. The checksum and the strict checks below (flag,
+ * zero bytes, bounds, sequence) leave random bytes a chance of about 2^-32 per offset on top. */
+static void slog_make_group_header(const slog_instance *inst, unsigned char *p, uint64_t group_bytes, uint64_t seq) {
+    unsigned char *payload = p + SLOG_RECORD_HEADER;
+    memset(payload, 0, SLOG_GROUP_PAYLOAD);
+    payload[0] = SLOG_FLAG_GROUP;
+    slog_put64(payload + 8, group_bytes);
+    slog_put64(payload + 16, seq);
+    slog_put32(p, SLOG_GROUP_PAYLOAD);
+    slog_put32(p + 4, slog_record_crc(inst, p, payload, SLOG_GROUP_PAYLOAD));
+}
+
+/* Checks for a valid group header at off in the first `size` bytes of a segment. prev is the
+ * sequence of the previous group of the segment, 0 when there is none; with exact, the
+ * sequence must be prev + 1, otherwise only greater than prev. The cheap tests come first, so
+ * a byte-by-byte search costs little more than reading the bytes. Returns 0 (valid; the group
+ * length and sequence set) or -1. */
+static int slog_check_group_header(const slog_instance *inst, const unsigned char *base, uint64_t size, uint64_t off,
+                                   uint64_t prev, int exact, uint64_t *group_bytes, uint64_t *seq) {
+    const unsigned char *payload = base + off + SLOG_RECORD_HEADER;
+    uint64_t bytes, sq;
+    if (off > size || size - off < SLOG_GROUP_HEADER) return -1;
+    if (slog_get32(base + off) != SLOG_GROUP_PAYLOAD || payload[0] != SLOG_FLAG_GROUP || payload[1] != 0 ||
+        payload[2] != 0 || payload[3] != 0 || slog_get32(payload + 4) != 0)
+        return -1;
+    bytes = slog_get64(payload + 8);
+    sq = slog_get64(payload + 16);
+    if (bytes < SLOG_GROUP_HEADER || bytes > SLOG_MAX_SEGMENT - SLOG_HEADER_BYTES) return -1;
+    if (sq == 0 || sq <= prev || (exact && prev != 0 && sq != prev + 1)) return -1;
+    if (slog_record_crc(inst, base + off, payload, SLOG_GROUP_PAYLOAD) != slog_get32(base + off + 4)) return -1;
+    *group_bytes = bytes;
+    *seq = sq;
+    return 0;
+}
+
+/* Looks for a valid group header after `from` in the first `size` bytes of a segment, with a
+ * sequence greater than prev. Returns its offset, or 0 when there is none. Used after a bad
+ * group header in the newest segment to tell a torn last group (no group after it) from
+ * damage in the middle. Only group headers count: a torn group's later records may well have
+ * reached the disk intact. */
+static uint64_t slog_find_group_header(const slog_instance *inst, const unsigned char *base, uint64_t size,
+                                       uint64_t from, uint64_t prev) {
+    uint64_t off, bytes, seq;
+    for (off = from + 1; off < size && size - off >= SLOG_GROUP_HEADER; off++) {
+        if (base[off] != SLOG_GROUP_PAYLOAD || base[off + SLOG_RECORD_HEADER] != SLOG_FLAG_GROUP) continue;
+        if (slog_check_group_header(inst, base, size, off, prev, 0, &bytes, &seq) == 0) return off;
+    }
+    return 0;
+}
+
+/* Checks the records of the group [start, end) (end <= the valid bytes) after its header.
+ * Returns 0 when they are all valid, else the slog_check_record code of the first bad one,
+ * with its offset in *bad_at. A record must end inside the group. */
+static int slog_check_group_records(const slog_instance *inst, const unsigned char *base, uint64_t start,
+                                    uint64_t end, uint64_t *bad_at) {
+    uint64_t at = start + SLOG_GROUP_HEADER;
+    while (at < end) {
+        uint32_t plen = 0, nops = 0;
+        int c = slog_check_record(inst, base, end, at, &plen, &nops);
+        if (c != 0) {
+            *bad_at = at;
+            return c;
         }
-        return off;
+        at += SLOG_RECORD_HEADER + plen;
     }
     return 0;
 }
@@ -1769,8 +1848,9 @@ static void slog_run_group(slog_instance *inst, slog_group *g) {
         }
     }
     if (total_bytes == 0) goto complete; /* nothing to write: failed conditions and no-op deletes only */
+    total_bytes += SLOG_GROUP_HEADER;
 
-    /* Where the group goes. */
+    /* Where the group goes: all of it in the active segment (a group never spans segments). */
     {
         char why[256];
         int r = slog_ensure_room(inst, total_bytes, why, sizeof why);
@@ -1789,9 +1869,10 @@ static void slog_run_group(slog_instance *inst, slog_group *g) {
                  (unsigned long long)total_bytes);
         goto complete;
     }
-    /* Serialize: one record per successful batch. */
+    /* Serialize: the group header, then one record per successful batch. */
     {
-        unsigned char *out = inst->gbuf;
+        unsigned char *out = inst->gbuf + SLOG_GROUP_HEADER;
+        slog_make_group_header(inst, inst->gbuf, total_bytes, inst->next_group_seq);
         for (i = 0; i < g->nbatches; i++) {
             slog_batch *b = g->batches[i];
             unsigned char *rec = out, *payload;
@@ -1854,6 +1935,7 @@ static void slog_run_group(slog_instance *inst, slog_group *g) {
             goto complete;
         }
     }
+    inst->next_group_seq++;
     slog_metric_observe(inst, inst->commit_seconds, (double)(slog_now_ns() - started) / 1e9);
     slog_metric_add(inst, inst->commits_total, 1);
 
@@ -2015,9 +2097,18 @@ static void slog_compaction_step(slog_instance *inst) {
         if (inst->cop == inst->crec_ops) {
             /* Next record. */
             uint32_t plen = 0, nops = 0;
+            uint64_t gbytes = 0, gseq = 0;
             int c;
             inst->crec = inst->crec_end;
             if (inst->crec >= s->size) break;
+            if (slog_check_group_header(inst, s->base, s->size, inst->crec, 0, 0, &gbytes, &gseq) == 0) {
+                /* A group header (recovery or this writer has checked the group): no ops. */
+                inst->crec_ops = 0;
+                inst->cop = 0;
+                inst->crec_end = inst->crec + SLOG_GROUP_HEADER;
+                scanned += SLOG_GROUP_HEADER;
+                continue;
+            }
             c = slog_check_record(inst, s->base, s->size, inst->crec, &plen, &nops);
             if (c != 0) {
                 char why[256];
@@ -2081,7 +2172,8 @@ static void slog_compaction_step(slog_instance *inst) {
         uint64_t base_off;
         unsigned char *rec, *payload, *out;
         int r;
-        rec_bytes = SLOG_RECORD_HEADER + SLOG_PAYLOAD_HEADER + copy_bytes;
+        /* One group of one record: the group header, then the copies. */
+        rec_bytes = SLOG_GROUP_HEADER + SLOG_RECORD_HEADER + SLOG_PAYLOAD_HEADER + copy_bytes;
         if ((r = slog_ensure_room(inst, rec_bytes, msg, sizeof msg)) != 0 ||
             slog_gbuf_reserve(inst, (size_t)rec_bytes) != 0) {
             free(copies);
@@ -2094,7 +2186,7 @@ static void slog_compaction_step(slog_instance *inst) {
         }
         target = slog_active(inst);
         base_off = target->size;
-        rec = inst->gbuf;
+        rec = inst->gbuf + SLOG_GROUP_HEADER;
         payload = rec + SLOG_RECORD_HEADER;
         memset(payload, 0, SLOG_PAYLOAD_HEADER);
         payload[0] = SLOG_FLAG_COMPACTION;
@@ -2107,14 +2199,15 @@ static void slog_compaction_step(slog_instance *inst) {
                 slog_put32(out + 6, copies[i].since);
             } else {
                 copies[i].new_val_off =
-                    (uint32_t)(base_off + (uint64_t)(out - rec) + SLOG_OP_HEADER + out[1] + slog_get16(out + 2) +
+                    (uint32_t)(base_off + (uint64_t)(out - inst->gbuf) + SLOG_OP_HEADER + out[1] + slog_get16(out + 2) +
                                slog_get16(out + 4));
             }
             out += copies[i].op_len;
         }
         slog_put32(rec, (uint32_t)(out - payload));
         slog_put32(rec + 4, slog_record_crc(inst, rec, payload, (size_t)(out - payload)));
-        r = slog_pwrite_all(target->fd, rec, (size_t)rec_bytes, base_off);
+        slog_make_group_header(inst, inst->gbuf, rec_bytes, inst->next_group_seq);
+        r = slog_pwrite_all(target->fd, inst->gbuf, (size_t)rec_bytes, base_off);
         if (r == 0) r = slog_datasync(target->fd);
         if (r != 0) {
             int t = slog_truncate_back(inst, target, base_off);
@@ -2132,6 +2225,7 @@ static void slog_compaction_step(slog_instance *inst) {
             }
             return;
         }
+        inst->next_group_seq++;
         /* Publish: the copies become the rows' locations. */
         pthread_rwlock_wrlock(&inst->lock);
         target->size = base_off + rec_bytes;
@@ -2436,7 +2530,7 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
     slog_seg *s = slog_seg_new(inst->folder, id);
     struct stat sb;
     unsigned char header[SLOG_HEADER_BYTES], expect[SLOG_HEADER_BYTES];
-    uint64_t size, off;
+    uint64_t size, off, prev_seq;
     size_t map_len;
     int r;
     if (s == NULL) return slog_create_fail(error, error_size, PARLEY_E_NOMEM, SLOG_NAME ": out of memory");
@@ -2530,62 +2624,114 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         return slog_create_fail(error, error_size, PARLEY_E_NOMEM, SLOG_NAME ": out of memory");
     }
 
-    /* Replay. */
+    /* Replay, group by group. A group is replayed only when its header and every record in it
+     * are valid and it ends inside the file. The last group of the newest segment may be torn
+     * (a power loss can keep any subset of its blocks): it is cut off whole, since none of it
+     * was acknowledged. What is bad and followed by a valid group is damage. */
     off = SLOG_HEADER_BYTES;
+    prev_seq = 0;
     while (off < size) {
+        uint64_t gbytes = 0, gseq = 0, end, bad_at = 0, pos, next;
         uint32_t plen = 0, nops = 0, i;
-        uint64_t pos;
-        int c = slog_check_record(inst, s->base, size, off, &plen, &nops);
-        if (c == 1 || c == 2) {
-            uint64_t valid_bytes = 0, next = last ? slog_find_valid_record(inst, s->base, size, off, &valid_bytes) : 0;
+        int c;
+        if (slog_check_group_header(inst, s->base, size, off, prev_seq, 1, &gbytes, &gseq) != 0) {
+            if (slog_check_record(inst, s->base, size, off, &plen, &nops) == 0)
+                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
+                                        SLOG_NAME ": segment '%s' has a valid record at offset %llu where a group "
+                                                  "header must be (a file written by an early build of storage-log, "
+                                                  "or damage); refusing to start",
+                                        s->path, (unsigned long long)off);
+            if (!last)
+                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
+                                        SLOG_NAME ": segment '%s' is damaged at offset %llu (bad group header) and it "
+                                                  "is not the newest segment; refusing to start. Restore the folder "
+                                                  "from a backup, or move this file and every later one away to keep "
+                                                  "the data before it",
+                                        s->path, (unsigned long long)off);
+            next = slog_find_group_header(inst, s->base, size, off, prev_seq);
             if (next != 0)
                 return slog_create_fail(
                     error, error_size, PARLEY_E_CORRUPT,
-                    SLOG_NAME ": segment '%s' is damaged at offset %llu (%s), but valid records follow it (%llu bytes "
-                              "from offset %llu), so this is not a write cut short by a crash; refusing to start rather "
-                              "than drop them. Restore the folder from a backup, or, knowing that every batch from "
-                              "offset %llu on is lost, truncate the file to %llu bytes and start again",
-                    s->path, (unsigned long long)off, c == 1 ? "a record runs past the end of the file" : "bad checksum",
-                    (unsigned long long)valid_bytes, (unsigned long long)next, (unsigned long long)off,
+                    SLOG_NAME ": segment '%s' is damaged at offset %llu (bad group header), but a valid group follows "
+                              "it at offset %llu, so this is not a write cut short by a crash; refusing to start "
+                              "rather than drop acknowledged data. Restore the folder from a backup, or, knowing that "
+                              "every batch from offset %llu on is lost, truncate the file to %llu bytes and start again",
+                    s->path, (unsigned long long)off, (unsigned long long)next, (unsigned long long)off,
                     (unsigned long long)off);
-            if (!last)
-                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
-                                        SLOG_NAME ": segment '%s' is damaged at offset %llu (%s) and it is not the "
-                                                  "newest segment; refusing to start. Restore the folder from a "
-                                                  "backup, or move this file and every later one away to keep the "
-                                                  "data before it",
-                                        s->path, (unsigned long long)off,
-                                        c == 1 ? "a record runs past the end of the file" : "bad checksum");
             slog_log(inst, PARLEY_LOG_WARNING,
-                     SLOG_NAME ": '%s': the last %llu bytes (from offset %llu) are an incomplete write (%s), "
-                               "probably cut short by a crash; they were never acknowledged and are removed",
-                     s->path, (unsigned long long)(size - off), (unsigned long long)off,
-                     c == 1 ? "short record" : "bad checksum");
-            if ((r = slog_truncate_back(inst, s, off)) != 0)
-                return slog_create_fail(error, error_size, PARLEY_E_IO,
-                                        SLOG_NAME ": cannot cut the incomplete tail off '%s' at offset %llu: %s",
-                                        s->path, (unsigned long long)off, strerror(r));
-            size = off;
-            break;
+                     SLOG_NAME ": '%s': the last %llu bytes (from offset %llu) are an incomplete group (bad group "
+                               "header), probably cut short by a crash or power loss; they were never acknowledged "
+                               "and are removed",
+                     s->path, (unsigned long long)(size - off), (unsigned long long)off);
+            goto cut;
         }
+        end = off + gbytes;
+        c = end > size ? 1 : slog_check_group_records(inst, s->base, off, end, &bad_at);
+        if (end > size) bad_at = size;
         if (c == 3)
             return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                     SLOG_NAME ": segment '%s' has a malformed record at offset %llu (its checksum is "
                                               "good); refusing to start",
-                                    s->path, (unsigned long long)off);
-        pos = off + SLOG_RECORD_HEADER + SLOG_PAYLOAD_HEADER;
-        for (i = 0; i < nops; i++) {
-            slog_op_view v;
-            (void)slog_decode_op(s->base + pos, off + SLOG_RECORD_HEADER + plen - pos, &v);
-            if (slog_replay_op(inst, s, &v) != 0)
-                return slog_create_fail(error, error_size, PARLEY_E_NOMEM,
-                                        SLOG_NAME ": out of memory loading the index from '%s'", s->path);
-            pos += v.len;
+                                    s->path, (unsigned long long)bad_at);
+        if (c != 0) {
+            const char *what = end > size ? "the group runs past the end of the file"
+                                          : (c == 1 ? "a record runs past the end of its group" : "bad checksum");
+            if (!last)
+                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
+                                        SLOG_NAME ": segment '%s' is damaged at offset %llu (%s; in the group at "
+                                                  "offset %llu) and it is not the newest segment; refusing to start. "
+                                                  "Restore the folder from a backup, or move this file and every "
+                                                  "later one away to keep the data before it",
+                                        s->path, (unsigned long long)bad_at, what, (unsigned long long)off);
+            if (end <= size && slog_check_group_header(inst, s->base, size, end, gseq, 1, &gbytes, &gseq) == 0)
+                return slog_create_fail(
+                    error, error_size, PARLEY_E_CORRUPT,
+                    SLOG_NAME ": segment '%s' is damaged at offset %llu (%s; in the group at offset %llu), but a "
+                              "valid group follows it at offset %llu, so this is not a write cut short by a crash; "
+                              "refusing to start rather than drop acknowledged data. Restore the folder from a backup, "
+                              "or, knowing that every batch from offset %llu on is lost, truncate the file to %llu "
+                              "bytes and start again",
+                    s->path, (unsigned long long)bad_at, what, (unsigned long long)off, (unsigned long long)end,
+                    (unsigned long long)off, (unsigned long long)off);
+            slog_log(inst, PARLEY_LOG_WARNING,
+                     SLOG_NAME ": '%s': the last group (from offset %llu, %llu bytes to the end of the file) is "
+                               "incomplete (%s at offset %llu), probably cut short by a crash or power loss; it was "
+                               "never acknowledged and is removed",
+                     s->path, (unsigned long long)off, (unsigned long long)(size - off), what,
+                     (unsigned long long)bad_at);
+            goto cut;
         }
-        off += SLOG_RECORD_HEADER + plen;
+        /* Valid: replay its records. */
+        pos = off + SLOG_GROUP_HEADER;
+        while (pos < end) {
+            uint64_t rec_end;
+            (void)slog_check_record(inst, s->base, end, pos, &plen, &nops);
+            rec_end = pos + SLOG_RECORD_HEADER + plen;
+            pos += SLOG_RECORD_HEADER + SLOG_PAYLOAD_HEADER;
+            for (i = 0; i < nops; i++) {
+                slog_op_view v;
+                (void)slog_decode_op(s->base + pos, rec_end - pos, &v);
+                if (slog_replay_op(inst, s, &v) != 0)
+                    return slog_create_fail(error, error_size, PARLEY_E_NOMEM,
+                                            SLOG_NAME ": out of memory loading the index from '%s'", s->path);
+                pos += v.len;
+            }
+            pos = rec_end;
+        }
+        prev_seq = gseq;
+        inst->next_group_seq = gseq + 1;
+        off = end;
         s->size = off;
     }
     s->size = size;
+    return PARLEY_OK;
+
+cut:
+    if ((r = slog_truncate_back(inst, s, off)) != 0)
+        return slog_create_fail(error, error_size, PARLEY_E_IO,
+                                SLOG_NAME ": cannot cut the incomplete group off '%s' at offset %llu: %s", s->path,
+                                (unsigned long long)off, strerror(r));
+    s->size = off;
     return PARLEY_OK;
 }
 
@@ -2647,6 +2793,7 @@ static parley_status slog_create(const parley_host_api *api, parley_host *host, 
     inst->api = api;
     inst->host = host;
     inst->lock_fd = -1;
+    inst->next_group_seq = 1;
     inst->segment_bytes = (uint64_t)segment_mb << 20;
     inst->group_max = group_max;
     inst->dead_ratio = ratio;

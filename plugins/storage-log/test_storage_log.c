@@ -1,6 +1,8 @@
 /*
  * Tests of storage-log that the Swift suites cannot reach: both CRC-32C paths, the
- * syncs made at start, and injected write / sync failures. It includes the plugin's
+ * syncs made at start, injected write / sync failures, and power losses in the middle of a
+ * compaction write and of the first group of a new segment (a snapshot of the folder taken
+ * with the group half on disk, recovered on its own). It includes the plugin's
  * source, so it sees its static functions, and routes pwrite, fdatasync and fsync
  * through wrappers that record or fail them. Not part of the plugin build; run it with
  *
@@ -37,6 +39,32 @@ static struct stat synced[MAX_SYNCED]; /* files fdatasync'd or fsync'd, by devic
 static int nsynced;
 static int fail_pwrite, fail_fdatasync; /* fail the next N calls with EIO */
 
+/* Power-loss snapshots: when tear_mode matches a group write, the wrapper writes only some
+ * blocks of it, copies the folder to tear_copy (the disk as a power loss would leave it),
+ * and then writes the group in full, as if nothing happened. */
+#define TEAR_COMPACTION 1 /* the next compaction write; its first half (group header) lost */
+#define TEAR_NEW_SEGMENT 2 /* the next group at the start of a segment; its middle lost */
+static int tear_mode, tear_new_segments;
+static const char *tear_folder, *tear_copy;
+static int torn;               /* set once a snapshot was taken */
+static int completed;          /* operations completed (the writer thread completes them in order) */
+static int completed_at_tear;  /* ... when the snapshot was taken */
+
+static void tear(int fd, const unsigned char *b, size_t n, off_t off) {
+    char cmd[1400];
+    if (tear_mode == TEAR_COMPACTION) {
+        (void)pwrite(fd, b + n / 2, n - n / 2, off + (off_t)(n / 2));
+    } else {
+        (void)pwrite(fd, b, 32, off);
+        (void)pwrite(fd, b + n - 16, 16, off + (off_t)n - 16);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -a '%s' '%s'", tear_copy, tear_folder, tear_copy);
+    if (system(cmd) != 0) fprintf(stderr, "snapshot failed\n");
+    completed_at_tear = __atomic_load_n(&completed, __ATOMIC_ACQUIRE);
+    tear_mode = 0;
+    __atomic_store_n(&torn, 1, __ATOMIC_RELEASE);
+}
+
 static void note_synced(int fd) {
     struct stat sb;
     if (nsynced < MAX_SYNCED && fstat(fd, &sb) == 0) synced[nsynced++] = sb;
@@ -49,6 +77,13 @@ static ssize_t test_pwrite(int fd, const void *buf, size_t n, off_t off) {
         if (n > 1) (void)pwrite(fd, buf, n / 2, off);
         errno = EIO;
         return -1;
+    }
+    if (tear_mode != 0 && off > 0 && n > SLOG_GROUP_HEADER + 8 + 8) {
+        const unsigned char *b = (const unsigned char *)buf;
+        int compaction = b[8] == SLOG_FLAG_GROUP && b[SLOG_GROUP_HEADER + 8] == SLOG_FLAG_COMPACTION;
+        if (tear_mode == TEAR_COMPACTION && compaction) tear(fd, b, n, off);
+        /* (not the first segment's first group: a rollover's) */
+        if (tear_mode == TEAR_NEW_SEGMENT && off == SLOG_HEADER_BYTES && tear_new_segments++ > 0) tear(fd, b, n, off);
     }
     return pwrite(fd, buf, n, off);
 }
@@ -88,9 +123,10 @@ struct parley_op {
     char error[1100];
 };
 
-static const char *config_path;
+static const char *config_path, *config_segment_mb;
 static const char *h_config(parley_host *h, const char *key) {
     (void)h;
+    if (strcmp(key, "segment_mb") == 0) return config_segment_mb;
     return strcmp(key, "path") == 0 ? config_path : NULL;
 }
 static void h_log(parley_host *h, parley_log_level level, const char *m, size_t n) {
@@ -98,6 +134,7 @@ static void h_log(parley_host *h, parley_log_level level, const char *m, size_t 
     if (level >= PARLEY_LOG_WARNING) fprintf(stderr, "  [plugin log] %.*s\n", (int)n, m);
 }
 static void h_complete(parley_op *op, parley_status st) {
+    __atomic_add_fetch(&completed, 1, __ATOMIC_ACQ_REL);
     op->status = st;
     __atomic_store_n(&op->done, 1, __ATOMIC_RELEASE);
 }
@@ -291,6 +328,145 @@ static void test_write_failures(void) {
     slog_destroy(inst);
 }
 
+/* Walks every segment of a folder group by group: each file is its header and whole groups
+ * (a group never runs past its file), each group header is valid, every record in a group is
+ * valid, and sequences grow by one within a segment. Returns the number of groups, or -1. */
+static int check_groups(const char *folder) {
+    slog_instance *inst = (slog_instance *)calloc(1, sizeof *inst);
+    DIR *d = opendir(folder);
+    struct dirent *de;
+    int groups = 0, ok = 1;
+    slog_crc_init(inst->crc_table);
+    inst->crc_update = slog_crc_update;
+    while (ok && d != NULL && (de = readdir(d)) != NULL) {
+        char path[700];
+        FILE *f;
+        unsigned char *buf;
+        uint64_t size, off = SLOG_HEADER_BYTES, prev = 0, bytes, seq, bad_at = 0;
+        if (strstr(de->d_name, ".log") == NULL) continue;
+        snprintf(path, sizeof path, "%s/%s", folder, de->d_name);
+        size = file_size(path);
+        buf = (unsigned char *)malloc((size_t)size + 1);
+        f = fopen(path, "rb");
+        if (f == NULL || fread(buf, 1, (size_t)size, f) != size) ok = 0;
+        if (f != NULL) fclose(f);
+        while (ok && off < size) {
+            if (slog_check_group_header(inst, buf, size, off, prev, 1, &bytes, &seq) != 0) {
+                CHECK(0, "%s: no valid group header at offset %llu", path, (unsigned long long)off);
+                ok = 0;
+            } else if (off + bytes > size || slog_check_group_records(inst, buf, off, off + bytes, &bad_at) != 0) {
+                CHECK(0, "%s: the group at offset %llu is incomplete or bad", path, (unsigned long long)off);
+                ok = 0;
+            } else {
+                groups++;
+                prev = seq;
+                off += bytes;
+            }
+        }
+        free(buf);
+    }
+    if (d != NULL) closedir(d);
+    free(inst);
+    return ok ? groups : -1;
+}
+
+static void value_of(char *out, size_t size, int round, int key) {
+    int n = snprintf(out, size, "r%05d k%02d ", round, key);
+    memset(out + n, 'x', size - 1 - (size_t)n);
+    out[size - 1] = '\0';
+}
+
+/* Writes rounds of 20 keys (2 KB values) in 1 MiB segments until the snapshot is taken, then
+ * recovers the snapshot: it holds exactly the puts acknowledged before it, and takes writes. */
+static void run_tear(const char *name, int mode) {
+    char folder[200], copy[220], key[8], v[2000], expect[2000];
+    void *inst;
+    int i, round = 0, k;
+    snprintf(folder, sizeof folder, "/tmp/slog-test-tear-XXXXXX");
+    CHECK(mkdtemp(folder) != NULL, "mkdtemp");
+    snprintf(copy, sizeof copy, "%s-crash", folder);
+    config_segment_mb = "1";
+    inst = open_store(folder);
+    tear_folder = folder;
+    tear_copy = copy;
+    torn = 0;
+    tear_new_segments = 0;
+    __atomic_store_n(&completed, 0, __ATOMIC_RELEASE);
+    tear_mode = mode;
+    for (i = 0; i < 20000 && !__atomic_load_n(&torn, __ATOMIC_ACQUIRE); i++) {
+        round = i / 20;
+        snprintf(key, sizeof key, "k%02d", i % 20);
+        value_of(v, sizeof v, round, i % 20);
+        if (put(inst, key, v, NULL) != PARLEY_OK) {
+            CHECK(0, "%s: put %d failed", name, i);
+            break;
+        }
+    }
+    tear_mode = 0;
+    CHECK(torn, "%s: no snapshot was taken after %d puts", name, i);
+    slog_destroy(inst);
+    CHECK(check_groups(folder) > 0, "%s: the live folder is not made of whole groups", name);
+    if (!torn) return;
+
+    inst = open_store(copy);
+    for (k = 0; k < 20; k++) {
+        /* The last put of key k among the first completed_at_tear puts. */
+        int last = ((completed_at_tear - 1 - k) / 20) * 20 + k;
+        const char *got;
+        snprintf(key, sizeof key, "k%02d", k);
+        got = get(inst, key);
+        if (completed_at_tear <= k) {
+            CHECK(got == NULL, "%s: key %s was never acknowledged before the crash", name, key);
+            continue;
+        }
+        value_of(expect, sizeof expect, last / 20, k);
+        CHECK(got != NULL && strncmp(got, expect, 200) == 0, "%s: key %s after the crash is %.12s, expected %.12s",
+              name, key, got != NULL ? got : "(none)", expect);
+    }
+    value_of(v, sizeof v, 99999, 0);
+    CHECK(put(inst, "k00", v, NULL) == PARLEY_OK, "%s: put after recovery", name);
+    slog_destroy(inst);
+    CHECK(check_groups(copy) > 0, "%s: the recovered folder is not made of whole groups", name);
+    inst = open_store(copy);
+    CHECK(get(inst, "k00") != NULL && strncmp(get(inst, "k00"), v, 200) == 0, "%s: put after recovery kept", name);
+    slog_destroy(inst);
+    config_segment_mb = NULL;
+}
+
+/* Group sequences: consecutive, restored at start-up, and a gap makes a header invalid. */
+static void test_group_sequence(void) {
+    char folder[] = "/tmp/slog-test-seq-XXXXXX", seg[600];
+    slog_instance *inst;
+    uint64_t bytes = 0, seq = 0;
+    CHECK(mkdtemp(folder) != NULL, "mkdtemp");
+    snprintf(seg, sizeof seg, "%s/00000001.log", folder);
+    inst = (slog_instance *)open_store(folder);
+    CHECK(put(inst, "a", "one", NULL) == PARLEY_OK && put(inst, "b", "two", NULL) == PARLEY_OK, "puts");
+    CHECK(inst->next_group_seq == 3, "next sequence after two groups is %llu", (unsigned long long)inst->next_group_seq);
+    slog_destroy(inst);
+    inst = (slog_instance *)open_store(folder);
+    CHECK(inst->next_group_seq == 3, "next sequence after a restart is %llu", (unsigned long long)inst->next_group_seq);
+    CHECK(put(inst, "c", "three", NULL) == PARLEY_OK, "put");
+    {
+        const unsigned char *b = inst->segs[0]->base;
+        uint64_t size = inst->segs[0]->size, off = SLOG_HEADER_BYTES, prev = 0, n = 0;
+        while (off < size && slog_check_group_header(inst, b, size, off, prev, 1, &bytes, &seq) == 0) {
+            n++;
+            CHECK(seq == n, "group %llu has sequence %llu", (unsigned long long)n, (unsigned long long)seq);
+            prev = seq;
+            off += bytes;
+        }
+        CHECK(n == 3 && off == size, "%llu groups, ending at %llu of %llu", (unsigned long long)n,
+              (unsigned long long)off, (unsigned long long)size);
+        /* Strict: the second group's header is not valid after a first group numbered 2. */
+        off = SLOG_HEADER_BYTES;
+        CHECK(slog_check_group_header(inst, b, size, off, 0, 1, &bytes, &seq) == 0, "first header");
+        CHECK(slog_check_group_header(inst, b, size, off + bytes, 2, 1, &bytes, &seq) != 0,
+              "a sequence that is not the previous + 1 must be refused");
+    }
+    slog_destroy(inst);
+}
+
 int main(void) {
     api.struct_size = sizeof api;
     api.abi_major = PARLEY_ABI_MAJOR;
@@ -312,7 +488,15 @@ int main(void) {
     test_start_syncs_newest_segment();
     printf("write failures\n");
     test_write_failures();
-    if (system("rm -rf /tmp/slog-test-crc-* /tmp/slog-test-sync-* /tmp/slog-test-fail-*") != 0) failures++;
+    printf("group sequences\n");
+    test_group_sequence();
+    printf("power loss in a compaction write\n");
+    run_tear("compaction", TEAR_COMPACTION);
+    printf("power loss in the first group of a new segment\n");
+    run_tear("rollover", TEAR_NEW_SEGMENT);
+    if (system("rm -rf /tmp/slog-test-crc-* /tmp/slog-test-sync-* /tmp/slog-test-fail-* /tmp/slog-test-seq-* "
+               "/tmp/slog-test-tear-*") != 0)
+        failures++;
     if (failures > 0) {
         printf("%d check(s) failed\n", failures);
         return 1;
