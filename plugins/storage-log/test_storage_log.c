@@ -293,6 +293,42 @@ static void test_start_syncs_newest_segment(void) {
     slog_destroy(inst);
 }
 
+/* Resident memory of this process in KiB (VmRSS), or 0 if unknown. */
+static long rss_kib(void) {
+    char line[256];
+    long kib = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return 0;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kib;
+}
+
+/* Replay reads every byte of the log through the mappings; those pages must not stay in
+ * the process's resident memory afterwards (they stay in the page cache). */
+static void test_replay_leaves_the_log_out_of_resident_memory(void) {
+    static char big[(1 << 20) + 1];
+    char folder[] = "/tmp/slog-test-rss-XXXXXX", key[32];
+    void *inst;
+    long before, after;
+    int i;
+    CHECK(mkdtemp(folder) != NULL, "mkdtemp");
+    memset(big, 'v', sizeof big - 1);
+    inst = open_store(folder);
+    for (i = 0; i < 48; i++) {
+        snprintf(key, sizeof key, "big-%02d", i);
+        CHECK(put(inst, key, big, NULL) == PARLEY_OK, "put %d", i);
+    }
+    slog_destroy(inst);
+    before = rss_kib();
+    inst = open_store(folder);
+    after = rss_kib();
+    CHECK(before > 0 && after - before < 16 * 1024, "resident memory grew by %ld KiB replaying a 48 MiB log",
+          after - before);
+    slog_destroy(inst);
+}
+
 /* A failed write or sync fails the batch, publishes nothing and cuts the file back. */
 static void test_write_failures(void) {
     char folder[] = "/tmp/slog-test-fail-XXXXXX", seg[600], error[1100];
@@ -488,13 +524,15 @@ int main(void) {
     test_start_syncs_newest_segment();
     printf("write failures\n");
     test_write_failures();
+    printf("replay leaves the log out of resident memory\n");
+    test_replay_leaves_the_log_out_of_resident_memory();
     printf("group sequences\n");
     test_group_sequence();
     printf("power loss in a compaction write\n");
     run_tear("compaction", TEAR_COMPACTION);
     printf("power loss in the first group of a new segment\n");
     run_tear("rollover", TEAR_NEW_SEGMENT);
-    if (system("rm -rf /tmp/slog-test-crc-* /tmp/slog-test-sync-* /tmp/slog-test-fail-* /tmp/slog-test-seq-* "
+    if (system("rm -rf /tmp/slog-test-crc-* /tmp/slog-test-sync-* /tmp/slog-test-fail-* /tmp/slog-test-seq-* /tmp/slog-test-rss-* "
                "/tmp/slog-test-tear-*") != 0)
         failures++;
     if (failures > 0) {
