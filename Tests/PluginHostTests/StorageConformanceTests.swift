@@ -1,4 +1,4 @@
-// The storage plugins shipped with Parley pass the conformance suite.
+// Every storage plugin shipped with Parley passes the conformance suite.
 import Foundation
 import PluginHost
 import StorageConformance
@@ -22,8 +22,9 @@ func conformanceFailures(of path: String, checkRestart: Bool = true, configurati
 
 @Suite("Storage conformance")
 struct StorageConformanceTests {
-    @Test func sqlitePluginPassesTheSuite() async throws {
-        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-sqlite"))
+    @Test(arguments: ["parley-storage-sqlite", "parley-storage-lmdb", "parley-storage-log"])
+    func shippedPluginPassesTheSuite(_ plugin: String) async throws {
+        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin(plugin))
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 
@@ -32,30 +33,25 @@ struct StorageConformanceTests {
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 
-    @Test func lmdbPluginPassesTheSuite() async throws {
-        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-lmdb"))
-        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    /// A C plugin's source and what its one `cc` command needs.
+    struct PlainCPlugin: Sendable, CustomTestStringConvertible {
+        var source: String
+        var libraries: [String]
+        var configuration: [String: String] = [:]
+        var testDescription: String { source }
     }
 
-    @Test func lmdbPluginBuiltWithPlainCCPassesTheSuite() async throws {
-        let output = try TestSupport.scratchFolder().appendingPathComponent("libparley-storage-lmdb.so")
-        let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-lmdb/storage_lmdb.c").path
-        try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: ["-llmdb"])
-        let failures = try await conformanceFailures(of: output.path)
-        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
-    }
-
-    @Test func logPluginPassesTheSuite() async throws {
-        let failures = try await conformanceFailures(of: try TestSupport.builtPlugin("parley-storage-log"))
-        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
-    }
-
-    @Test func logPluginBuiltWithPlainCCPassesTheSuite() async throws {
-        let output = try TestSupport.scratchFolder().appendingPathComponent("libparley-storage-log.so")
-        let source = TestSupport.packageRoot.appendingPathComponent("plugins/storage-log/storage_log.c").path
-        try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: ["-lpthread"])
+    /// The C plugins build with one `cc` command, as a plugin author would, and pass too.
+    @Test(arguments: [
+        PlainCPlugin(source: "plugins/storage-lmdb/storage_lmdb.c", libraries: ["-llmdb"]),
         // Small segments and eager compaction, so the suite also runs across rollovers.
-        let failures = try await conformanceFailures(of: output.path, configuration: ["segment_mb": "1", "compact_dead_ratio": "0.1", "group_commit_max_batches": "3"])
+        PlainCPlugin(source: "plugins/storage-log/storage_log.c", libraries: ["-lpthread"], configuration: ["segment_mb": "1", "compact_dead_ratio": "0.1", "group_commit_max_batches": "3"]),
+    ])
+    func cPluginBuiltWithPlainCCPassesTheSuite(_ plugin: PlainCPlugin) async throws {
+        let output = try TestSupport.scratchFolder().appendingPathComponent("plugin.so")
+        let source = TestSupport.packageRoot.appendingPathComponent(plugin.source).path
+        try TestSupport.compilePlugin([source], include: TestSupport.liveInclude, output: output, libraries: plugin.libraries)
+        let failures = try await conformanceFailures(of: output.path, configuration: plugin.configuration)
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 
