@@ -93,7 +93,8 @@ public final class ChatConnection: @unchecked Sendable {
         }
         unwritableWrites += frames
         guard unwritableWrites > maxUnwritableWrites else { return true }
-        close(code: .init(codeNumber: ChatCloseCode.slowConsumer), reason: "slow consumer: reconnect and sync")
+        // At once: the frames that would queue behind the close are what it bounds.
+        closeNow(code: .init(codeNumber: ChatCloseCode.slowConsumer), reason: "slow consumer: reconnect and sync")
         return false
     }
 
@@ -154,14 +155,15 @@ public final class ChatConnection: @unchecked Sendable {
         }
     }
 
-    /// Sends a close frame with code and reason, then closes the socket. From another thread
-    /// the close goes through the loop writer, behind the frames sent before it (an error, then
-    /// the close that follows it).
+    /// Sends a close frame with code and reason, then closes the socket; safe from any thread.
+    /// The close goes through the loop writer, behind the frames sent before it (an error, then
+    /// the close that follows it), from another thread or from the loop itself.
     func close(code: WebSocketErrorCode, reason: String) {
-        guard channel.eventLoop.inEventLoop else {
-            writer.close(self, code: code, reason: reason)
-            return
-        }
+        writer.close(self, code: code, reason: reason)
+    }
+
+    /// Writes the close frame after what is pending, then closes the socket. On the event loop.
+    func closeNow(code: WebSocketErrorCode, reason: String) {
         guard !closing, channel.isActive, let socketContext else { return }
         var data = channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
@@ -335,8 +337,8 @@ final class LoopWriter: @unchecked Sendable {
     private func hand(_ delivery: Delivery) {
         if eventLoop.inEventLoop {
             // While frames handed over from other threads wait to be taken (their take is then
-            // scheduled), a frame sent on the loop (a reply, a pong) queues behind them instead
-            // of overtaking them.
+            // scheduled), a frame or close sent on the loop (a reply, a close after a protocol
+            // error) queues behind them instead of overtaking them.
             let queued = inbox.withLock { inbox in
                 guard !inbox.deliveries.isEmpty else { return false }
                 inbox.deliveries.append(delivery)
@@ -375,7 +377,7 @@ final class LoopWriter: @unchecked Sendable {
                 listForFlush(connection)
             case .close(let connection, let code, let reason):
                 if run?.includes(connection) == true { run!.giveSeparately(to: connection) }
-                connection.close(code: code, reason: reason)
+                connection.closeNow(code: code, reason: reason)
             case .many(let payload, let connections, let except):
                 if let current = run, !Self.same(current.connections, connections) {
                     finish(current)
