@@ -178,6 +178,9 @@ struct StorageLogTests {
         return ~crc
     }
 
+    /// Batch records carry a plain CRC-32C. Group headers carry the CRC-32C XORed with the
+    /// segment's nonce (bytes 20 to 23 of the segment header, random and non-zero), so that a
+    /// group header a client places in a key cannot verify.
     @Test func recordChecksumsAreStandardCRC32C() async throws {
         #expect(crc32c(Array("123456789".utf8)) == 0xE306_9283, "the reference itself")
         let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
@@ -199,11 +202,89 @@ struct StorageLogTests {
             #expect(group.sequence == UInt64(index + 1), "group sequences count from 1")
             #expect(group.records.count == 1)
         }
-        for at in offsets + found.map(\.start) {
+        let nonce = le32(bytes, 20)
+        #expect(nonce != 0, "the segment header holds a non-zero nonce")
+        for at in offsets {
             let length = Int(le32(bytes, at))
             let covered = Array(bytes[at..<at + 4]) + Array(bytes[at + 8..<at + 8 + length])
             #expect(le32(bytes, at + 4) == crc32c(covered), "record at \(at)")
         }
+        for at in found.map(\.start) {
+            let covered = Array(bytes[at..<at + 4]) + Array(bytes[at + 8..<at + 32])
+            #expect(le32(bytes, at + 4) == crc32c(covered) ^ nonce, "group header at \(at)")
+        }
+        // Each segment draws its own nonce.
+        let other = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let second = try open(["path": other], pool: pool)
+        try await second.apply([.put(key(0), value: value(0, 1))])
+        await second.instance.shutdown()
+        #expect(le32(try contents("\(other)/\(try #require(try segments(other).last))"), 20) != nonce)
+    }
+
+    /// The reviewer's case: 60 zero bytes over the end of one group (its record now fails its
+    /// checksum) and the header of the next, in the middle of the newest segment. The damaged
+    /// group's own end no longer holds a valid header, but valid groups follow further on: that
+    /// is damage, not a torn last group, so the start is refused and nothing is cut. (Before, the
+    /// file was cut there, silently dropping the 89 acknowledged groups after it.)
+    @Test func damageOverAGroupsEndAndTheNextHeaderRefusesToStart() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        var storage = try open(["path": folder], pool: pool)
+        for row in 0..<100 { try await storage.apply([.put(key(row), value: value(row, 1))]) }
+        await storage.instance.shutdown()
+        let name = try #require(try segments(folder).last)
+        let newest = "\(folder)/\(name)"
+        let before = try contents(newest)
+        let found = groups(before)
+        #expect(found.count == 100 && found.last?.end == before.count)
+        let damaged = found[10]
+        let from = damaged.end - 28
+        try overwrite(newest, at: UInt64(from), with: [UInt8](repeating: 0, count: 60))
+
+        let message = try createFailure(["path": folder], pool: pool)
+        #expect(message.contains(name) && message.contains("in the group at offset \(damaged.start)")
+                && message.contains("valid group follows it at offset \(found[12].start)"), "\(message)")
+        #expect(message.contains("Restore the folder from a backup"), "\(message)")
+        #expect(try size(newest) == UInt64(before.count), "nothing may be cut off")
+
+        // Restored (here: the damaged bytes put back), every row is there.
+        try overwrite(newest, at: UInt64(from), with: Array(before[from..<from + 60]))
+        storage = try open(["path": folder], pool: pool)
+        let read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        #expect(read.map(\.value) == (0..<100).map { value($0, 1) })
+        await storage.instance.shutdown()
+    }
+
+    /// Keys may hold any bytes (a client id is stored raw in a sort key), so a client can place a
+    /// complete group header, checksummed with plain CRC-32C and with a huge sequence, in the
+    /// log. When a crash then tears the header of the group that holds it, the search for a
+    /// later group header must not take the forged one for a real group and refuse the start.
+    @Test func aGroupHeaderForgedInAKeyDoesNotBlockRecovery() async throws {
+        let folder = try TestSupport.scratchFolder().appendingPathComponent("log").path
+        let pool = PluginWorkerPool(threads: 2, capacity: 64)
+        defer { pool.shutdown() }
+        var storage = try open(["path": folder], pool: pool)
+        for row in 0..<20 { try await storage.apply([.put(key(row), value: value(row, 1))]) }
+        let acknowledged = try size("\(folder)/\(try #require(try segments(folder).last))")
+        func le(_ value: UInt64, _ bytes: Int) -> [UInt8] { (0..<bytes).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) } }
+        let payload: [UInt8] = [0x02, 0, 0, 0, 0, 0, 0, 0] + le(32, 8) + le(1 << 40, 8)
+        let forged = le(24, 4) + le(UInt64(crc32c(le(24, 4) + payload)), 4) + payload
+        let forgedKey = StorageKey(table: "t", partition: Array("client".utf8), sort: Array("id-".utf8) + forged)
+        try await storage.apply([.put(forgedKey, value: Array("{}".utf8))])
+        await storage.instance.shutdown()
+        let newest = "\(folder)/\(try #require(try segments(folder).last))"
+        let bytes = try contents(newest)
+        let last = try #require(groups(bytes).last)
+        #expect(last.start == Int(acknowledged) && last.end == bytes.count)
+        // A power loss kept the group's record (with the forged header in it) but not its header.
+        try overwrite(newest, at: UInt64(last.start), with: [UInt8](repeating: 0, count: 32))
+
+        storage = try open(["path": folder], pool: pool)
+        #expect(try size(newest) == acknowledged, "the torn group is cut off")
+        #expect(try await storage.get(forgedKey) == nil)
+        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        await storage.instance.shutdown()
     }
 
     /// Puts `rows` all at once, so the writer thread takes several of them as one group.
@@ -326,8 +407,8 @@ struct StorageLogTests {
                     "\(damage): \(message)")
             #expect(try size(newest) == UInt64(before.count), "\(damage): nothing may be cut off")
 
-            // The operator's way out: cut the file where the named group starts (one batch per group
-            // here, so just before the record), knowing what that loses.
+            // The operator's last resort (after restoring from a backup): cut the file where the named
+            // group starts (one batch per group here, so just before the record), knowing what that loses.
             #expect(message.contains("truncate the file to \(record - 32) bytes"), "\(damage): \(message)")
             try truncate(newest, to: UInt64(record - 32))
             let reopened = try open(["path": folder], pool: pool)

@@ -11,6 +11,7 @@
  *     payload = [u8 flags][3 zero bytes][u32 op count] op*
  *     group header payload = [u8 flags = 0x02][3 zero bytes][u32 0]
  *                            [u64 group bytes, header included][u64 group sequence]
+ *     (a group header's CRC is XORed with its segment's nonce: see slog_make_group_header)
  *     op      = [u8 kind][u8 table len][u16 partition len][u16 sort len]
  *               [u32 value length (put) or "since" segment id (delete)]
  *               [table][partition][sort][value (put only)]
@@ -21,8 +22,8 @@
  * All integers are little-endian. Conditional writes (put-if-absent,
  * compare-and-set, counter-add) are resolved by the writer thread and logged as
  * plain puts, so replay never evaluates a condition. Each segment starts with a
- * 32-byte header: the magic "parley-storage-log/1", the format version and the
- * segment id.
+ * 32-byte header: the magic "parley-storage-log/1", a random non-zero u32 nonce, the
+ * format version and the segment id.
  *
  * Memory holds only keys: a hash table of partitions (table, partition key),
  * each an ordered list of chunks of sorted entries (sort key, segment, value
@@ -40,9 +41,9 @@
  * header and all its records are valid and it ends inside the file. A power loss during a
  * group's write may keep any of its blocks, so in the newest segment a bad group (bad header,
  * bad record, or running past the end) is a torn write, never acknowledged, when no valid
- * group follows it: with a valid header, no valid group header starts exactly at its end;
- * with a bad header, none starts anywhere after it. It is cut off whole, at its start. A bad
- * group that a valid one follows, or one in any other segment, refuses the start. Then the
+ * group header starts anywhere after it in the file (after a failed write the writer never
+ * writes another group). It is cut off whole, at its start. A bad group that a valid group
+ * header follows, or one in any other segment, refuses the start. Then the
  * newest segment and the folder are synced, since replay may have read data a crashed
  * process wrote but never synced.
  *
@@ -50,7 +51,9 @@
  * When a sealed segment's dead share reaches compact_dead_ratio, the writer
  * thread copies its live rows (and the tombstones still needed) to the active
  * segment in bounded steps between groups (each step one group of one record), syncs, and
- * removes the segment.
+ * removes the segment. A step that cannot finish (no room, no memory, an I/O error) is
+ * retried from the same place after SLOG_COMPACT_RETRY_NS; damage in the segment stops its
+ * compaction until a restart.
  *
  * Tombstones carry "since": the oldest segment that may hold a put of the key
  * that the tombstone hides. Compaction drops a tombstone when no segment from
@@ -58,7 +61,7 @@
  * been written again; otherwise it copies it forward. That keeps replay exact
  * without keeping deleted keys in memory.
  */
-#define _GNU_SOURCE 1 /* flock, pthread_rwlockattr_setkind_np; everything else is POSIX */
+#define _GNU_SOURCE 1 /* flock, pthread_rwlockattr_setkind_np, syscall; everything else is POSIX */
 
 #include <dirent.h>
 #include <errno.h>
@@ -74,6 +77,9 @@
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h> /* SYS_getrandom */
+#endif
 
 #include <parley/plugin.h>
 
@@ -119,6 +125,8 @@
 #define SLOG_STEP_SCAN_BYTES ((uint64_t)32 << 20)
 /* Under load, at most one compaction step per this many nanoseconds. */
 #define SLOG_STEP_INTERVAL_NS 10000000ull
+/* A compaction step that could not finish (no room, no memory, an I/O error) is retried after this. */
+#define SLOG_COMPACT_RETRY_NS 1000000000ull
 
 /* Index shape. */
 #define SLOG_INLINE_KEY 16u
@@ -147,7 +155,8 @@ typedef struct slog_seg {
     uint64_t size; /* committed bytes in the file, header included */
     uint64_t live;      /* bytes of put ops the index points at */
     uint64_t tomb_live; /* bytes of tombstones copied forward by compaction (kept, so counted live) */
-    int no_compact; /* compaction of this segment failed once; leave it */
+    uint32_t nonce; /* random, from the segment header: seeds the CRC of its group headers */
+    int no_compact; /* this segment is damaged (found while compacting it); leave it */
     char path[1];   /* NUL-terminated, allocated to length */
 } slog_seg;
 
@@ -266,7 +275,6 @@ typedef struct slog_instance {
     pthread_mutex_t qmutex;
     pthread_cond_t qcond;
     slog_batch *qhead, *qtail;
-    size_t qlen;
     int stop;
     int failed; /* writes refused: see fail_message */
     char fail_message[512];
@@ -939,14 +947,53 @@ static void slog_seg_drop_pages(slog_seg *s) {
     if (s->base != NULL) (void)madvise(s->base, s->map_len, MADV_DONTNEED);
 }
 
-static void slog_make_header(unsigned char *h, uint32_t id) {
+static void slog_make_header(unsigned char *h, uint32_t id, uint32_t nonce) {
     memset(h, 0, SLOG_HEADER_BYTES);
     memcpy(h, SLOG_MAGIC, SLOG_MAGIC_LEN);
+    slog_put32(h + 20, nonce);
     slog_put32(h + 24, SLOG_FORMAT_VERSION);
     slog_put32(h + 28, id);
 }
 
-static int slog_segs_append(slog_instance *inst, slog_seg *s) {
+/* A random, non-zero 32-bit nonce for a new segment's header (see slog_make_group_header):
+ * from getrandom() where there is one, else /dev/urandom, else (neither works) a mix of the
+ * clocks and the process id, which is still unknown to clients. */
+static uint32_t slog_random_nonce(void) {
+    unsigned char b[4];
+    uint32_t v = 0;
+    int got = 0;
+#if defined(__linux__) && defined(SYS_getrandom)
+    {
+        long r;
+        do r = syscall(SYS_getrandom, b, sizeof b, 0);
+        while (r < 0 && errno == EINTR);
+        got = r == (long)sizeof b;
+    }
+#endif
+    if (!got) {
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            got = read(fd, b, sizeof b) == (ssize_t)sizeof b;
+            (void)close(fd);
+        }
+    }
+    if (got) {
+        v = slog_get32(b);
+    } else {
+        struct timespec ts;
+        uint64_t h = (uint64_t)getpid();
+        if (clock_gettime(CLOCK_REALTIME, &ts) == 0) h = h * 1000003u ^ (uint64_t)ts.tv_sec ^ (uint64_t)ts.tv_nsec << 20;
+        h ^= slog_now_ns();
+        h ^= h >> 33;
+        h *= 0xFF51AFD7ED558CCDull;
+        h ^= h >> 33;
+        v = (uint32_t)h;
+    }
+    return v != 0 ? v : 0x9E3779B9u;
+}
+
+/* Makes room in the segment array for one more segment. Returns 0 or -1 (out of memory). */
+static int slog_segs_reserve(slog_instance *inst) {
     if (inst->nsegs == inst->segs_cap) {
         size_t cap = inst->segs_cap == 0 ? 16 : inst->segs_cap * 2;
         slog_seg **a = (slog_seg **)realloc(inst->segs, cap * sizeof *a);
@@ -954,6 +1001,11 @@ static int slog_segs_append(slog_instance *inst, slog_seg *s) {
         inst->segs = a;
         inst->segs_cap = cap;
     }
+    return 0;
+}
+
+static int slog_segs_append(slog_instance *inst, slog_seg *s) {
+    if (slog_segs_reserve(inst) != 0) return -1;
     inst->segs[inst->nsegs++] = s;
     return 0;
 }
@@ -970,16 +1022,9 @@ static int slog_new_segment(slog_instance *inst, uint32_t id, uint64_t need, cha
     slog_seg *s;
     int r;
     if (SLOG_HEADER_BYTES + need > cap) cap = SLOG_HEADER_BYTES + need;
-    if (inst->nsegs == inst->segs_cap) {
-        /* Reserve the slot first so the append below cannot fail. */
-        size_t ncap = inst->segs_cap == 0 ? 16 : inst->segs_cap * 2;
-        slog_seg **a = (slog_seg **)realloc(inst->segs, ncap * sizeof *a);
-        if (a == NULL) {
-            snprintf(msg, msg_size, "out of memory");
-            return ENOMEM;
-        }
-        inst->segs = a;
-        inst->segs_cap = ncap;
+    if (slog_segs_reserve(inst) != 0) { /* first, so the append below cannot fail */
+        snprintf(msg, msg_size, "out of memory");
+        return ENOMEM;
     }
     s = slog_seg_new(inst->folder, id);
     if (s == NULL) {
@@ -993,7 +1038,8 @@ static int slog_new_segment(slog_instance *inst, uint32_t id, uint64_t need, cha
         slog_seg_close(s);
         return r;
     }
-    slog_make_header(header, id);
+    s->nonce = slog_random_nonce();
+    slog_make_header(header, id, s->nonce);
     if ((r = slog_pwrite_all(s->fd, header, sizeof header, 0)) != 0 || (r = slog_datasync(s->fd)) != 0 ||
         (r = slog_fsync_dir(inst->folder)) != 0) {
         snprintf(msg, msg_size, "cannot write the header of new segment '%s': %s", s->path, strerror(r));
@@ -1113,36 +1159,38 @@ static int slog_check_record(const slog_instance *inst, const unsigned char *bas
 /* Group headers. Each unit the writer makes durable with one pwrite and one fdatasync (a group
  * of batch records, or one compaction step's record) starts with a group header record:
  *
- *     [u32 24][u32 CRC-32C][u8 flags = SLOG_FLAG_GROUP][3 zero bytes][u32 0 (no ops)]
+ *     [u32 24][u32 CRC-32C ^ nonce][u8 flags = SLOG_FLAG_GROUP][3 zero bytes][u32 0 (no ops)]
  *     [u64 group bytes, this header included][u64 group sequence]
  *
  * The sequence starts at 1 and grows by one per durable group, so within a segment each
  * group's is exactly the previous one's + 1.
  *
- * Recovery searches the bytes after a bad group header for another group header, so a client
- * must not be able to forge one: it cannot. Client data reaches the log only as message
- * values, which are JSON text and so never hold a raw byte below 0x20, while a group header
- * needs zero bytes in its length field (24 = 18 00 00 00), in its flags and reserved bytes and
- * in the high bytes of its group length, spread over its 32 bytes; the rest of a batch record
- * (op headers, keys) is made by the server. The checksum and the strict checks below (flag,
- * zero bytes, bounds, sequence) leave random bytes a chance of about 2^-32 per offset on top. */
-static void slog_make_group_header(const slog_instance *inst, unsigned char *p, uint64_t group_bytes, uint64_t seq) {
+ * Recovery searches the bytes after a bad group for another group header, so a client must
+ * not be able to forge one. Keys can hold any bytes (a client id, stored raw in a sort key,
+ * may hold zero bytes), so a client can place 32 bytes of its choosing in the log. That is why
+ * the checksum of a group header (not of other records) is the record's CRC-32C XORed with
+ * the segment's nonce: a random non-zero 32-bit value that the segment header holds (bytes 20
+ * to 23), drawn when the segment is created and never shown to clients. A forged header
+ * verifies only if it guesses the nonce, a chance of 2^-32 per forged header. The strict checks
+ * below (flag, zero bytes, bounds, sequence) leave random bytes the same chance per offset. */
+static void slog_make_group_header(const slog_instance *inst, uint32_t nonce, unsigned char *p, uint64_t group_bytes,
+                                   uint64_t seq) {
     unsigned char *payload = p + SLOG_RECORD_HEADER;
     memset(payload, 0, SLOG_GROUP_PAYLOAD);
     payload[0] = SLOG_FLAG_GROUP;
     slog_put64(payload + 8, group_bytes);
     slog_put64(payload + 16, seq);
     slog_put32(p, SLOG_GROUP_PAYLOAD);
-    slog_put32(p + 4, slog_record_crc(inst, p, payload, SLOG_GROUP_PAYLOAD));
+    slog_put32(p + 4, slog_record_crc(inst, p, payload, SLOG_GROUP_PAYLOAD) ^ nonce);
 }
 
-/* Checks for a valid group header at off in the first `size` bytes of a segment. prev is the
- * sequence of the previous group of the segment, 0 when there is none; with exact, the
- * sequence must be prev + 1, otherwise only greater than prev. The cheap tests come first, so
- * a byte-by-byte search costs little more than reading the bytes. Returns 0 (valid; the group
- * length and sequence set) or -1. */
-static int slog_check_group_header(const slog_instance *inst, const unsigned char *base, uint64_t size, uint64_t off,
-                                   uint64_t prev, int exact, uint64_t *group_bytes, uint64_t *seq) {
+/* Checks for a valid group header at off in the first `size` bytes of a segment whose header
+ * holds `nonce`. prev is the sequence of the previous group of the segment, 0 when there is
+ * none; with exact, the sequence must be prev + 1, otherwise only greater than prev. The cheap
+ * tests come first, so a byte-by-byte search costs little more than reading the bytes. Returns
+ * 0 (valid; the group length and sequence set) or -1. */
+static int slog_check_group_header(const slog_instance *inst, uint32_t nonce, const unsigned char *base, uint64_t size,
+                                   uint64_t off, uint64_t prev, int exact, uint64_t *group_bytes, uint64_t *seq) {
     const unsigned char *payload = base + off + SLOG_RECORD_HEADER;
     uint64_t bytes, sq;
     if (off > size || size - off < SLOG_GROUP_HEADER) return -1;
@@ -1153,23 +1201,25 @@ static int slog_check_group_header(const slog_instance *inst, const unsigned cha
     sq = slog_get64(payload + 16);
     if (bytes < SLOG_GROUP_HEADER || bytes > SLOG_MAX_SEGMENT - SLOG_HEADER_BYTES) return -1;
     if (sq == 0 || sq <= prev || (exact && prev != 0 && sq != prev + 1)) return -1;
-    if (slog_record_crc(inst, base + off, payload, SLOG_GROUP_PAYLOAD) != slog_get32(base + off + 4)) return -1;
+    if ((slog_record_crc(inst, base + off, payload, SLOG_GROUP_PAYLOAD) ^ nonce) != slog_get32(base + off + 4))
+        return -1;
     *group_bytes = bytes;
     *seq = sq;
     return 0;
 }
 
 /* Looks for a valid group header after `from` in the first `size` bytes of a segment, with a
- * sequence greater than prev. Returns its offset, or 0 when there is none. Used after a bad
- * group header in the newest segment to tell a torn last group (no group after it) from
- * damage in the middle. Only group headers count: a torn group's later records may well have
- * reached the disk intact. */
-static uint64_t slog_find_group_header(const slog_instance *inst, const unsigned char *base, uint64_t size,
-                                       uint64_t from, uint64_t prev) {
+ * sequence greater than prev (not necessarily prev + 1: the groups in between may be the
+ * damaged ones). Returns its offset, or 0 when there is none. Used after a bad group in the
+ * newest segment to tell a torn last group (no group after it) from damage in the middle.
+ * Only group headers count: a torn group's later records may well have reached the disk
+ * intact. */
+static uint64_t slog_find_group_header(const slog_instance *inst, uint32_t nonce, const unsigned char *base,
+                                       uint64_t size, uint64_t from, uint64_t prev) {
     uint64_t off, bytes, seq;
     for (off = from + 1; off < size && size - off >= SLOG_GROUP_HEADER; off++) {
         if (base[off] != SLOG_GROUP_PAYLOAD || base[off + SLOG_RECORD_HEADER] != SLOG_FLAG_GROUP) continue;
-        if (slog_check_group_header(inst, base, size, off, prev, 0, &bytes, &seq) == 0) return off;
+        if (slog_check_group_header(inst, nonce, base, size, off, prev, 0, &bytes, &seq) == 0) return off;
     }
     return 0;
 }
@@ -1520,7 +1570,6 @@ static parley_status slog_apply(void *instance, parley_op *op, const parley_writ
         else
             inst->qhead = b;
         inst->qtail = b;
-        inst->qlen++;
         pthread_cond_signal(&inst->qcond);
     }
     pthread_mutex_unlock(&inst->qmutex);
@@ -1611,11 +1660,10 @@ static void slog_rollback_batch(slog_group *g, slog_batch *b) {
     g->nctrs = b->ctr_begin;
 }
 
-static SLOG_PRINTF(5, 6) void slog_batch_fail(slog_instance *inst, slog_batch *b, parley_status status, int conflict,
-                                              const char *fmt, ...) {
+static SLOG_PRINTF(4, 5) void slog_batch_fail(slog_batch *b, parley_status status, int conflict, const char *fmt,
+                                              ...) {
     va_list ap;
     size_t len;
-    (void)inst;
     b->status = status;
     b->conflict = conflict;
     va_start(ap, fmt);
@@ -1649,7 +1697,7 @@ static void slog_eval_batch(slog_instance *inst, slog_group *g, slog_batch *b) {
         case PARLEY_WRITE_PUT_IF_ABSENT:
             if (s.present) {
                 b->fail_index = i;
-                slog_batch_fail(inst, b, PARLEY_E_CONFLICT, 1,
+                slog_batch_fail(b, PARLEY_E_CONFLICT, 1,
                                 SLOG_NAME ": write %zu (put-if-absent): the row exists; nothing was applied", i);
                 goto failed;
             }
@@ -1661,14 +1709,14 @@ static void slog_eval_batch(slog_instance *inst, slog_group *g, slog_batch *b) {
         case PARLEY_WRITE_COMPARE_AND_SET:
             if (!s.present) {
                 b->fail_index = i;
-                slog_batch_fail(inst, b, PARLEY_E_CONFLICT, 1,
+                slog_batch_fail(b, PARLEY_E_CONFLICT, 1,
                                 SLOG_NAME ": write %zu (compare-and-set): the row does not exist; nothing was applied",
                                 i);
                 goto failed;
             }
             if (s.vlen != w->elen || (s.vlen > 0 && memcmp(s.val, w->expected, s.vlen) != 0)) {
                 b->fail_index = i;
-                slog_batch_fail(inst, b, PARLEY_E_CONFLICT, 1,
+                slog_batch_fail(b, PARLEY_E_CONFLICT, 1,
                                 SLOG_NAME ": write %zu (compare-and-set): the row holds another value; nothing was "
                                           "applied",
                                 i);
@@ -1684,7 +1732,7 @@ static void slog_eval_batch(slog_instance *inst, slog_group *g, slog_batch *b) {
             if (s.present) {
                 if (s.vlen != 8) {
                     b->fail_index = i;
-                    slog_batch_fail(inst, b, PARLEY_E_INVALID, 0,
+                    slog_batch_fail(b, PARLEY_E_INVALID, 0,
                                     SLOG_NAME ": write %zu (counter-add): the row holds %u bytes, not an 8-byte "
                                               "counter; nothing was applied",
                                     i, (unsigned)s.vlen);
@@ -1694,7 +1742,7 @@ static void slog_eval_batch(slog_instance *inst, slog_group *g, slog_batch *b) {
             }
             if ((w->delta > 0 && old_value > INT64_MAX - w->delta) || (w->delta < 0 && old_value < INT64_MIN - w->delta)) {
                 b->fail_index = i;
-                slog_batch_fail(inst, b, PARLEY_E_INVALID, 0,
+                slog_batch_fail(b, PARLEY_E_INVALID, 0,
                                 SLOG_NAME ": write %zu (counter-add): adding %lld to %lld overflows a signed 64-bit "
                                           "counter; nothing was applied",
                                 i, (long long)w->delta, (long long)old_value);
@@ -1711,11 +1759,7 @@ static void slog_eval_batch(slog_instance *inst, slog_group *g, slog_batch *b) {
             g->nctrs++;
             break;
         }
-        default:
-            b->fail_index = i;
-            slog_batch_fail(inst, b, PARLEY_E_UNSUPPORTED, 0, SLOG_NAME ": write %zu has unknown kind %d", i,
-                            (int)w->kind);
-            goto failed;
+        /* No default: apply() queued only the kinds above. */
         }
     }
     b->rop_end = g->nrops;
@@ -1753,8 +1797,9 @@ static int slog_ensure_room(slog_instance *inst, uint64_t need, char *msg, size_
     return slog_new_segment(inst, a->id + 1, need, msg, msg_size);
 }
 
-/* Cuts the active segment back to `size` after a failed write. Returns 0 or an errno. */
-static int slog_truncate_back(slog_instance *inst, slog_seg *a, uint64_t size) {
+/* Cuts a segment back to `size` (after a failed write, or a torn group at recovery) and syncs
+ * it. Returns 0 or an errno. */
+static int slog_truncate_back(slog_seg *a, uint64_t size) {
     int r = 0;
     while (ftruncate(a->fd, (off_t)size) != 0) {
         if (errno == EINTR) continue;
@@ -1762,7 +1807,6 @@ static int slog_truncate_back(slog_instance *inst, slog_seg *a, uint64_t size) {
         break;
     }
     if (r == 0) r = slog_datasync(a->fd);
-    (void)inst;
     return r;
 }
 
@@ -1772,6 +1816,37 @@ static void slog_set_failed(slog_instance *inst, const char *why) {
     snprintf(inst->fail_message, sizeof inst->fail_message, "%s", why);
     pthread_mutex_unlock(&inst->qmutex);
     slog_log(inst, PARLEY_LOG_ERROR, SLOG_NAME ": refusing further writes: %s", why);
+}
+
+/* Makes a group durable: writes the first len bytes of gbuf at base_off in target with one
+ * pwrite, then one fdatasync. On failure the segment is cut back to base_off, so no group
+ * ever follows a failed one; if even that fails, every further write is refused (`what_group`
+ * names the group in that message). Returns 0, or the errno of the failure with a description
+ * in msg and *maybe_kept set when the group may still be replayed after a restart (its write
+ * completed, its sync failed and it could not be cut back). */
+static int slog_write_group(slog_instance *inst, slog_seg *target, size_t len, uint64_t base_off,
+                            const char *what_group, char *msg, size_t msg_size, int *maybe_kept) {
+    const char *what = "write";
+    int r = slog_pwrite_all(target->fd, inst->gbuf, len, base_off), t;
+    *maybe_kept = 0;
+    if (r == 0) {
+        what = "fdatasync";
+        r = slog_datasync(target->fd);
+    }
+    if (r == 0) return 0;
+    snprintf(msg, msg_size, "%s of %zu bytes to '%s' failed: %s", what, len, target->path, strerror(r));
+    t = slog_truncate_back(target, base_off);
+    if (t != 0) {
+        char why[512];
+        /* A write that failed left an incomplete group at the end, which recovery cuts off. */
+        *maybe_kept = strcmp(what, "fdatasync") == 0;
+        snprintf(why, sizeof why,
+                 "after a failed %s of %s, '%s' could not be cut back to %llu bytes (%s); restart the server so "
+                 "recovery can check the log",
+                 what, what_group, target->path, (unsigned long long)base_off, strerror(t));
+        slog_set_failed(inst, why);
+    }
+    return r;
 }
 
 static void slog_update_gauges(slog_instance *inst) {
@@ -1787,12 +1862,13 @@ static void slog_update_gauges(slog_instance *inst) {
     slog_metric_set(inst, inst->g_rows, (double)inst->index_rows);
 }
 
-static void slog_write_op_header(unsigned char *p, uint8_t kind, const slog_wr *w, uint32_t last) {
+/* Writes an op header: kind, key lengths, then the value length (a put) or "since" (a delete). */
+static void slog_write_op_header(unsigned char *p, uint8_t kind, const slog_wr *w, uint32_t vlen_or_since) {
     p[0] = kind;
     p[1] = w->tlen;
     slog_put16(p + 2, w->plen);
     slog_put16(p + 4, w->slen);
-    slog_put32(p + 6, last);
+    slog_put32(p + 6, vlen_or_since);
 }
 
 /* Runs one group: evaluate, write, sync, publish, complete. */
@@ -1880,7 +1956,7 @@ static void slog_run_group(slog_instance *inst, slog_group *g) {
     /* Serialize: the group header, then one record per successful batch. */
     {
         unsigned char *out = inst->gbuf + SLOG_GROUP_HEADER;
-        slog_make_group_header(inst, inst->gbuf, total_bytes, inst->next_group_seq);
+        slog_make_group_header(inst, target->nonce, inst->gbuf, total_bytes, inst->next_group_seq);
         for (i = 0; i < g->nbatches; i++) {
             slog_batch *b = g->batches[i];
             unsigned char *rec = out, *payload;
@@ -1920,26 +1996,19 @@ static void slog_run_group(slog_instance *inst, slog_group *g) {
     }
     /* One write, one sync. */
     {
-        int r = slog_pwrite_all(target->fd, inst->gbuf, (size_t)total_bytes, base_off);
-        const char *what = "write";
-        if (r == 0) {
-            what = "fdatasync";
-            r = slog_datasync(target->fd);
-        }
-        if (r != 0) {
-            int t = slog_truncate_back(inst, target, base_off);
+        char what[400];
+        int kept = 0;
+        if (slog_write_group(inst, target, (size_t)total_bytes, base_off, "a group commit", what, sizeof what,
+                             &kept) != 0) {
             group_status = PARLEY_E_IO;
-            snprintf(msg, sizeof msg, SLOG_NAME ": %s of %llu bytes to '%s' failed: %s; nothing was applied", what,
-                     (unsigned long long)total_bytes, target->path, strerror(r));
+            if (kept)
+                snprintf(msg, sizeof msg,
+                         SLOG_NAME ": %s, and the segment could not be cut back; the batches failed, but they may be "
+                                   "kept after a restart",
+                         what);
+            else
+                snprintf(msg, sizeof msg, SLOG_NAME ": %s; nothing was applied", what);
             slog_log(inst, PARLEY_LOG_ERROR, "%s", msg);
-            if (t != 0) {
-                char why[512];
-                snprintf(why, sizeof why,
-                         "after a failed %s, '%s' could not be cut back to %llu bytes (%s); restart the server so "
-                         "recovery can check the log",
-                         what, target->path, (unsigned long long)base_off, strerror(t));
-                slog_set_failed(inst, why);
-            }
             goto complete;
         }
     }
@@ -2035,11 +2104,40 @@ static slog_seg *slog_pick_compaction(const slog_instance *inst) {
     return best;
 }
 
+/* Gives up compacting cseg until a restart: for damage found in it, or an internal error. */
 static void slog_compaction_abort(slog_instance *inst, const char *why) {
     slog_log(inst, PARLEY_LOG_ERROR, SLOG_NAME ": compaction of '%s' stopped: %s; the segment is kept",
              inst->cseg->path, why);
     inst->cseg->no_compact = 1;
     inst->cseg = NULL;
+}
+
+/* Where a compaction step starts in cseg, so that a step that cannot finish (no room for a new
+ * segment, no memory, an I/O error in its write) is done again later from the same place. */
+typedef struct slog_cpos {
+    uint64_t crec, cop_off, crec_end;
+    uint32_t cop, crec_ops;
+} slog_cpos;
+
+static void slog_compaction_save(const slog_instance *inst, slog_cpos *p) {
+    p->crec = inst->crec;
+    p->cop_off = inst->cop_off;
+    p->crec_end = inst->crec_end;
+    p->cop = inst->cop;
+    p->crec_ops = inst->crec_ops;
+}
+
+/* Puts cseg's position back to where the step started and retries it after
+ * SLOG_COMPACT_RETRY_NS. The step's scan changed nothing the retry depends on (it only lowers
+ * an entry's "oldest", which the retry lowers the same way). */
+static void slog_compaction_postpone(slog_instance *inst, const slog_cpos *p, const char *why) {
+    slog_log(inst, PARLEY_LOG_WARNING, SLOG_NAME ": compaction step of '%s' postponed: %s", inst->cseg->path, why);
+    inst->crec = p->crec;
+    inst->cop_off = p->cop_off;
+    inst->crec_end = p->crec_end;
+    inst->cop = p->cop;
+    inst->crec_ops = p->crec_ops;
+    inst->compact_retry_ns = slog_now_ns() + SLOG_COMPACT_RETRY_NS;
 }
 
 /* Removes the fully copied segment cseg. */
@@ -2083,6 +2181,7 @@ static void slog_compaction_step(slog_instance *inst) {
     slog_copy *copies = NULL;
     size_t ncopies = 0, copies_cap = 0, i;
     uint64_t copy_bytes = 0, scanned = 0, rec_bytes;
+    slog_cpos start;
     char msg[512];
 
     if (s == NULL) {
@@ -2098,6 +2197,7 @@ static void slog_compaction_step(slog_instance *inst) {
                  (unsigned long long)s->live, (unsigned long long)(s->size - SLOG_HEADER_BYTES));
     }
     inst->last_step_ns = slog_now_ns();
+    slog_compaction_save(inst, &start);
 
     /* Collect what must be copied. */
     while (copy_bytes < SLOG_STEP_COPY_BYTES && scanned < SLOG_STEP_SCAN_BYTES) {
@@ -2109,7 +2209,7 @@ static void slog_compaction_step(slog_instance *inst) {
             int c;
             inst->crec = inst->crec_end;
             if (inst->crec >= s->size) break;
-            if (slog_check_group_header(inst, s->base, s->size, inst->crec, 0, 0, &gbytes, &gseq) == 0) {
+            if (slog_check_group_header(inst, s->nonce, s->base, s->size, inst->crec, 0, 0, &gbytes, &gseq) == 0) {
                 /* A group header (recovery or this writer has checked the group): no ops. */
                 inst->crec_ops = 0;
                 inst->cop = 0;
@@ -2158,8 +2258,7 @@ static void slog_compaction_step(slog_instance *inst) {
                     slog_copy *nc = (slog_copy *)realloc(copies, cap * sizeof *nc);
                     if (nc == NULL) {
                         free(copies);
-                        inst->cseg = NULL; /* redo later, from the top of the segment */
-                        inst->compact_retry_ns = slog_now_ns() + 1000000000ull;
+                        slog_compaction_postpone(inst, &start, "out of memory");
                         return;
                     }
                     copies = nc;
@@ -2185,11 +2284,7 @@ static void slog_compaction_step(slog_instance *inst) {
         if ((r = slog_ensure_room(inst, rec_bytes, msg, sizeof msg)) != 0 ||
             slog_gbuf_reserve(inst, (size_t)rec_bytes) != 0) {
             free(copies);
-            slog_log(inst, PARLEY_LOG_WARNING, SLOG_NAME ": compaction step postponed: %s",
-                     r != 0 ? msg : "out of memory");
-            /* Redo later, from the top of the segment. */
-            inst->cseg = NULL;
-            inst->compact_retry_ns = slog_now_ns() + 1000000000ull;
+            slog_compaction_postpone(inst, &start, r != 0 ? msg : "out of memory");
             return;
         }
         target = slog_active(inst);
@@ -2214,24 +2309,18 @@ static void slog_compaction_step(slog_instance *inst) {
         }
         slog_put32(rec, (uint32_t)(out - payload));
         slog_put32(rec + 4, slog_record_crc(inst, rec, payload, (size_t)(out - payload)));
-        slog_make_group_header(inst, inst->gbuf, rec_bytes, inst->next_group_seq);
-        r = slog_pwrite_all(target->fd, inst->gbuf, (size_t)rec_bytes, base_off);
-        if (r == 0) r = slog_datasync(target->fd);
-        if (r != 0) {
-            int t = slog_truncate_back(inst, target, base_off);
-            char why[512];
-            free(copies);
-            snprintf(why, sizeof why, "writing %llu bytes to '%s' failed: %s", (unsigned long long)rec_bytes,
-                     target->path, strerror(r));
-            slog_compaction_abort(inst, why);
-            if (t != 0) {
-                snprintf(why, sizeof why,
-                         "after a failed compaction write, '%s' could not be cut back to %llu bytes (%s); restart the "
-                         "server so recovery can check the log",
-                         target->path, (unsigned long long)base_off, strerror(t));
-                slog_set_failed(inst, why);
+        slog_make_group_header(inst, target->nonce, inst->gbuf, rec_bytes, inst->next_group_seq);
+        {
+            int kept = 0;
+            if (slog_write_group(inst, target, (size_t)rec_bytes, base_off, "a compaction step", msg, sizeof msg,
+                                 &kept) != 0) {
+                /* An I/O error (a full disk, EIO) is no damage of the segment: try the step again
+                 * later. (If the segment could not be cut back, writes are now refused, and so is
+                 * compaction.) */
+                free(copies);
+                slog_compaction_postpone(inst, &start, msg);
+                return;
             }
-            return;
         }
         inst->next_group_seq++;
         /* Publish: the copies become the rows' locations. */
@@ -2265,9 +2354,17 @@ static void slog_compaction_step(slog_instance *inst) {
 
 static int slog_compaction_pending(const slog_instance *inst) {
     if (inst->failed) return 0;
-    if (inst->cseg != NULL) return 1;
     if (inst->compact_retry_ns != 0 && slog_now_ns() < inst->compact_retry_ns) return 0;
+    if (inst->cseg != NULL) return 1;
     return slog_pick_compaction(inst) != NULL;
+}
+
+/* When compaction waits for compact_retry_ns (after a postponed step) and has work then, that
+ * time (CLOCK_MONOTONIC nanoseconds); otherwise 0. */
+static uint64_t slog_compaction_retry_at(const slog_instance *inst) {
+    if (inst->failed || inst->compact_retry_ns == 0 || slog_now_ns() >= inst->compact_retry_ns) return 0;
+    if (inst->cseg == NULL && slog_pick_compaction(inst) == NULL) return 0;
+    return inst->compact_retry_ns;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2280,12 +2377,22 @@ static void *slog_writer_main(void *arg) {
     memset(&g, 0, sizeof g);
     for (;;) {
         int work_compaction;
+        uint64_t retry_at;
         size_t taken_bytes = 0;
         pthread_mutex_lock(&inst->qmutex);
         for (;;) {
             work_compaction = !inst->stop && slog_compaction_pending(inst);
             if (inst->qhead != NULL || inst->stop || work_compaction) break;
-            pthread_cond_wait(&inst->qcond, &inst->qmutex);
+            retry_at = slog_compaction_retry_at(inst);
+            if (retry_at != 0) {
+                /* A postponed compaction step: resume it then, even if no write arrives. */
+                struct timespec until;
+                until.tv_sec = (time_t)(retry_at / 1000000000ull);
+                until.tv_nsec = (long)(retry_at % 1000000000ull);
+                (void)pthread_cond_timedwait(&inst->qcond, &inst->qmutex, &until);
+            } else {
+                pthread_cond_wait(&inst->qcond, &inst->qmutex);
+            }
         }
         if (inst->qhead == NULL && inst->stop) {
             pthread_mutex_unlock(&inst->qmutex);
@@ -2304,7 +2411,6 @@ static void *slog_writer_main(void *arg) {
             }
             inst->qhead = b->next;
             if (inst->qhead == NULL) inst->qtail = NULL;
-            inst->qlen--;
             b->next = NULL;
             g.batches[g.nbatches++] = b;
             taken_bytes += (size_t)b->record_bytes;
@@ -2328,13 +2434,17 @@ static void *slog_writer_main(void *arg) {
             }
             slog_run_group(inst, &g);
         }
-        /* Compaction between groups: always when idle, otherwise paced. */
-        if (!inst->stop && !inst->failed && slog_compaction_pending(inst)) {
-            int idle;
+        /* Compaction between groups: always when idle, otherwise paced. (stop is set by
+         * destroy() under qmutex; failed only by this thread.) */
+        if (!inst->failed) {
+            int idle, stop;
             pthread_mutex_lock(&inst->qmutex);
             idle = inst->qhead == NULL;
+            stop = inst->stop;
             pthread_mutex_unlock(&inst->qmutex);
-            if (idle || slog_now_ns() - inst->last_step_ns >= SLOG_STEP_INTERVAL_NS) slog_compaction_step(inst);
+            if (!stop && slog_compaction_pending(inst) &&
+                (idle || slog_now_ns() - inst->last_step_ns >= SLOG_STEP_INTERVAL_NS))
+                slog_compaction_step(inst);
         }
     }
     free(g.batches);
@@ -2534,6 +2644,21 @@ static parley_status slog_list_segments(slog_instance *inst, uint32_t **ids_out,
 }
 
 /* Opens, checks and replays segment id; last says whether it is the newest. */
+/* Advice in the messages that refuse the start. Compaction copies old live rows and
+ * tombstones forward into newer segments and deletes the originals, so cutting the log (or
+ * moving segments away) loses more than the batches written after the damage. */
+#define SLOG_RESTORE_ADVICE "Restore the folder from a backup."
+#define SLOG_LOSES_ALSO                                                                                                \
+    "since compaction copies older rows and deletions forward into newer segments, this can also lose rows written "  \
+    "long before the damage and undo deletions (deleted rows, such as revoked tokens, come back)"
+/* Arguments: the offset twice. */
+#define SLOG_TRUNCATE_ADVICE                                                                                           \
+    "Only as a last resort, with the server stopped and the folder copied aside, truncate the file to %llu bytes: "   \
+    "that loses every batch from offset %llu on and, " SLOG_LOSES_ALSO
+#define SLOG_MOVE_AWAY_ADVICE                                                                                          \
+    "Only as a last resort, with the server stopped and the folder copied aside, move this file and every later one " \
+    "away: that loses every batch in them and, " SLOG_LOSES_ALSO
+
 static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int last, char *error, size_t error_size) {
     slog_seg *s = slog_seg_new(inst->folder, id);
     struct stat sb;
@@ -2556,7 +2681,6 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         return st;
     }
     size = (uint64_t)sb.st_size;
-    slog_make_header(expect, id);
     memset(header, 0, sizeof header);
     if (size > 0) {
         size_t want = size < SLOG_HEADER_BYTES ? (size_t)size : SLOG_HEADER_BYTES;
@@ -2569,8 +2693,14 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         }
     }
     if (size < SLOG_HEADER_BYTES) {
-        /* A segment whose creation was cut short: only acceptable as the newest. */
-        if (!last || memcmp(header, expect, (size_t)size) != 0) {
+        /* A segment whose creation was cut short: only acceptable as the newest. It holds no
+         * group yet, so it gets a fresh nonce (bytes 20 to 23 are not compared). */
+        size_t k;
+        int same = last;
+        slog_make_header(expect, id, 0);
+        for (k = 0; same && k < (size_t)size; k++)
+            if ((k < 20 || k > 23) && header[k] != expect[k]) same = 0;
+        if (!same) {
             parley_status st = slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                                 SLOG_NAME ": segment '%s' is %llu bytes, shorter than its header; the "
                                                           "log is damaged",
@@ -2581,6 +2711,7 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         slog_log(inst, PARLEY_LOG_WARNING, SLOG_NAME ": segment '%s' has a partial header (%llu bytes, a crash while "
                                                      "it was created); rewriting the header",
                  s->path, (unsigned long long)size);
+        slog_make_header(expect, id, slog_random_nonce());
         if ((r = slog_pwrite_all(s->fd, expect, sizeof expect, 0)) != 0 || (r = slog_datasync(s->fd)) != 0) {
             parley_status st = slog_create_fail(error, error_size, PARLEY_E_IO, SLOG_NAME ": cannot repair '%s': %s",
                                                 s->path, strerror(r));
@@ -2592,11 +2723,14 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
     }
     if (memcmp(header, SLOG_MAGIC, SLOG_MAGIC_PREFIX_LEN) != 0) {
         parley_status st = slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
-                                            SLOG_NAME ": '%s' is not a storage-log segment (wrong magic)", s->path);
+                                            SLOG_NAME ": '%s' is not a storage-log segment, or its header is damaged "
+                                                      "(wrong magic)",
+                                            s->path);
         slog_seg_close(s);
         return st;
     }
-    if (slog_get32(header + 24) > SLOG_FORMAT_VERSION || memcmp(header, SLOG_MAGIC, SLOG_MAGIC_LEN) != 0) {
+    if (slog_get32(header + 24) > SLOG_FORMAT_VERSION) {
+        /* Only with the magic prefix intact does a higher version field mean a newer plugin. */
         parley_status st = slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                             SLOG_NAME ": '%s' was written by a newer version of storage-log (format "
                                                       "%u; this plugin reads format %u); upgrade the plugin",
@@ -2604,11 +2738,14 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         slog_seg_close(s);
         return st;
     }
-    if (memcmp(header, expect, SLOG_HEADER_BYTES) != 0) {
+    s->nonce = slog_get32(header + 20);
+    slog_make_header(expect, id, s->nonce);
+    if (s->nonce == 0 || memcmp(header, expect, SLOG_HEADER_BYTES) != 0) {
         parley_status st = slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
-                                            SLOG_NAME ": the header of '%s' is damaged (format %u, segment id %u)",
+                                            SLOG_NAME ": the header of '%s' is damaged or not this plugin's (format "
+                                                      "%u, segment id %u; expected format %u, segment id %u)",
                                             s->path, (unsigned)slog_get32(header + 24),
-                                            (unsigned)slog_get32(header + 28));
+                                            (unsigned)slog_get32(header + 28), SLOG_FORMAT_VERSION, (unsigned)id);
         slog_seg_close(s);
         return st;
     }
@@ -2635,37 +2772,37 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
     /* Replay, group by group. A group is replayed only when its header and every record in it
      * are valid and it ends inside the file. The last group of the newest segment may be torn
      * (a power loss can keep any subset of its blocks): it is cut off whole, since none of it
-     * was acknowledged. What is bad and followed by a valid group is damage. */
+     * was acknowledged. A bad group that any valid group header follows, anywhere later in the
+     * file, is damage: after a failed write the writer cuts the segment back (or refuses every
+     * further write), so it never writes a group after one that did not complete. */
     off = SLOG_HEADER_BYTES;
     prev_seq = 0;
     while (off < size) {
         uint64_t gbytes = 0, gseq = 0, end, bad_at = 0, pos, next;
         uint32_t plen = 0, nops = 0, i;
         int c;
-        if (slog_check_group_header(inst, s->base, size, off, prev_seq, 1, &gbytes, &gseq) != 0) {
+        if (slog_check_group_header(inst, s->nonce, s->base, size, off, prev_seq, 1, &gbytes, &gseq) != 0) {
             if (slog_check_record(inst, s->base, size, off, &plen, &nops) == 0)
                 return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                         SLOG_NAME ": segment '%s' has a valid record at offset %llu where a group "
                                                   "header must be (a file written by an early build of storage-log, "
-                                                  "or damage); refusing to start",
+                                                  "or damage); refusing to start. " SLOG_RESTORE_ADVICE,
                                         s->path, (unsigned long long)off);
             if (!last)
                 return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                         SLOG_NAME ": segment '%s' is damaged at offset %llu (bad group header) and it "
-                                                  "is not the newest segment; refusing to start. Restore the folder "
-                                                  "from a backup, or move this file and every later one away to keep "
-                                                  "the data before it",
+                                                  "is not the newest segment; refusing to start. " SLOG_RESTORE_ADVICE
+                                                  " " SLOG_MOVE_AWAY_ADVICE,
                                         s->path, (unsigned long long)off);
-            next = slog_find_group_header(inst, s->base, size, off, prev_seq);
+            next = slog_find_group_header(inst, s->nonce, s->base, size, off, prev_seq);
             if (next != 0)
-                return slog_create_fail(
-                    error, error_size, PARLEY_E_CORRUPT,
-                    SLOG_NAME ": segment '%s' is damaged at offset %llu (bad group header), but a valid group follows "
-                              "it at offset %llu, so this is not a write cut short by a crash; refusing to start "
-                              "rather than drop acknowledged data. Restore the folder from a backup, or, knowing that "
-                              "every batch from offset %llu on is lost, truncate the file to %llu bytes and start again",
-                    s->path, (unsigned long long)off, (unsigned long long)next, (unsigned long long)off,
-                    (unsigned long long)off);
+                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
+                                        SLOG_NAME ": segment '%s' is damaged at offset %llu (bad group header), but a "
+                                                  "valid group follows it at offset %llu, so this is not a write cut "
+                                                  "short by a crash; refusing to start rather than drop acknowledged "
+                                                  "data. " SLOG_RESTORE_ADVICE " " SLOG_TRUNCATE_ADVICE,
+                                        s->path, (unsigned long long)off, (unsigned long long)next,
+                                        (unsigned long long)off, (unsigned long long)off);
             slog_log(inst, PARLEY_LOG_WARNING,
                      SLOG_NAME ": '%s': the last %llu bytes (from offset %llu) are an incomplete group (bad group "
                                "header), probably cut short by a crash or power loss; they were never acknowledged "
@@ -2679,7 +2816,7 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
         if (c == 3)
             return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                     SLOG_NAME ": segment '%s' has a malformed record at offset %llu (its checksum is "
-                                              "good); refusing to start",
+                                              "good); refusing to start. " SLOG_RESTORE_ADVICE,
                                     s->path, (unsigned long long)bad_at);
         if (c != 0) {
             const char *what = end > size ? "the group runs past the end of the file"
@@ -2687,20 +2824,21 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
             if (!last)
                 return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
                                         SLOG_NAME ": segment '%s' is damaged at offset %llu (%s; in the group at "
-                                                  "offset %llu) and it is not the newest segment; refusing to start. "
-                                                  "Restore the folder from a backup, or move this file and every "
-                                                  "later one away to keep the data before it",
+                                                  "offset %llu) and it is not the newest segment; refusing to "
+                                                  "start. " SLOG_RESTORE_ADVICE " " SLOG_MOVE_AWAY_ADVICE,
                                         s->path, (unsigned long long)bad_at, what, (unsigned long long)off);
-            if (end <= size && slog_check_group_header(inst, s->base, size, end, gseq, 1, &gbytes, &gseq) == 0)
-                return slog_create_fail(
-                    error, error_size, PARLEY_E_CORRUPT,
-                    SLOG_NAME ": segment '%s' is damaged at offset %llu (%s; in the group at offset %llu), but a "
-                              "valid group follows it at offset %llu, so this is not a write cut short by a crash; "
-                              "refusing to start rather than drop acknowledged data. Restore the folder from a backup, "
-                              "or, knowing that every batch from offset %llu on is lost, truncate the file to %llu "
-                              "bytes and start again",
-                    s->path, (unsigned long long)bad_at, what, (unsigned long long)off, (unsigned long long)end,
-                    (unsigned long long)off, (unsigned long long)off);
+            /* Any valid group header later in the file, not only one exactly at this group's end:
+             * the same damage may have hit the next group's header too. */
+            next = slog_find_group_header(inst, s->nonce, s->base, size, off, gseq);
+            if (next != 0)
+                return slog_create_fail(error, error_size, PARLEY_E_CORRUPT,
+                                        SLOG_NAME ": segment '%s' is damaged at offset %llu (%s; in the group at "
+                                                  "offset %llu), but a valid group follows it at offset %llu, so "
+                                                  "this is not a write cut short by a crash; refusing to start rather "
+                                                  "than drop acknowledged data. " SLOG_RESTORE_ADVICE
+                                                  " " SLOG_TRUNCATE_ADVICE,
+                                        s->path, (unsigned long long)bad_at, what, (unsigned long long)off,
+                                        (unsigned long long)next, (unsigned long long)off, (unsigned long long)off);
             slog_log(inst, PARLEY_LOG_WARNING,
                      SLOG_NAME ": '%s': the last group (from offset %llu, %llu bytes to the end of the file) is "
                                "incomplete (%s at offset %llu), probably cut short by a crash or power loss; it was "
@@ -2736,7 +2874,7 @@ static parley_status slog_load_segment(slog_instance *inst, uint32_t id, int las
     return PARLEY_OK;
 
 cut:
-    if ((r = slog_truncate_back(inst, s, off)) != 0)
+    if ((r = slog_truncate_back(s, off)) != 0)
         return slog_create_fail(error, error_size, PARLEY_E_IO,
                                 SLOG_NAME ": cannot cut the incomplete group off '%s' at offset %llu: %s", s->path,
                                 (unsigned long long)off, strerror(r));
@@ -2828,7 +2966,14 @@ static parley_status slog_create(const parley_host_api *api, parley_host *host, 
         pthread_rwlockattr_destroy(&attr);
     }
     pthread_mutex_init(&inst->qmutex, NULL);
-    pthread_cond_init(&inst->qcond, NULL);
+    {
+        /* Timed waits (compaction retries) count in CLOCK_MONOTONIC, like slog_now_ns(). */
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        (void)pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&inst->qcond, &attr);
+        pthread_condattr_destroy(&attr);
+    }
     inst->folder = strdup(path);
     if (inst->folder == NULL) {
         slog_destroy(inst);
