@@ -4,7 +4,7 @@ SWIFT ?= swift
 APT_PACKAGES := libsodium-dev libsqlite3-dev libssl-dev liblmdb-dev pkg-config openssl curl
 BIN := .build/debug
 
-.PHONY: all deps build run test bench plugins-c clean
+.PHONY: all deps build run test bench microbench plugins-c clean
 
 all: build
 
@@ -38,6 +38,11 @@ bench: deps
 	.build/release/parleyd plugin bench .build/release/libparley-storage-sqlite.so
 	.build/release/parleyd plugin bench .build/release/libparley-storage-lmdb.so
 	.build/release/parleyd plugin bench .build/release/libparley-storage-log.so
+
+# Micro-benchmarks of the hot paths (Benchmarks/HotPaths, ordo-one/benchmark), in their own
+# build folder; PARLEY_BENCHMARKS adds them to the package (see Package.swift).
+microbench: deps
+	PARLEY_BENCHMARKS=1 $(SWIFT) package --scratch-path .build-bench benchmark
 
 clean:
 	rm -rf .build

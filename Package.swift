@@ -233,3 +233,24 @@ let package = Package(
         ),
     ]
 )
+
+// Micro-benchmarks of the hot paths (ordo-one/benchmark, Benchmarks/HotPaths): declared only
+// when PARLEY_BENCHMARKS is set, so `swift build` and `make test` never resolve or build them.
+// Run them with `make microbench` (docs/BENCHMARKS.md).
+if Context.environment["PARLEY_BENCHMARKS"] != nil {
+    package.dependencies.append(.package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]))
+    package.targets.append(
+        .executableTarget(
+            name: "HotPaths",
+            dependencies: [
+                "ParleyCore", "ParleyJSON", "ParleyServer", "ParleyWebSocket", "PluginHost",
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/HotPaths",
+            swiftSettings: strictSwift,
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    )
+}

@@ -50,6 +50,14 @@ public struct SendAck: Sendable, Equatable {
     public var clientID: String
     /// True when this was a resend of a message already stored: nothing new was stored.
     public var duplicate: Bool
+
+    package init(conversation: String, sequence: Int64, timestamp: Int64, clientID: String, duplicate: Bool) {
+        self.conversation = conversation
+        self.sequence = sequence
+        self.timestamp = timestamp
+        self.clientID = clientID
+        self.duplicate = duplicate
+    }
 }
 
 /// A stored message: its JSON record, shared as is by every delivery and history page.

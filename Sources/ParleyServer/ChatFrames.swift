@@ -1,10 +1,10 @@
 // Frames the chat listener sends that have a shape of their own: errors, acks, message
 // events (built once and shared by every recipient). Other replies are JSONWriter.frame.
-import NIOCore
+package import NIOCore
 import ParleyJSON
-import ParleyCore
+package import ParleyCore
 
-enum ChatFrames {
+package enum ChatFrames {
     static func error(id: String?, _ error: ChatError) -> [UInt8] {
         JSONWriter.frame("error", id: id) { writer in
             writer.field("code", error.code)
@@ -12,7 +12,7 @@ enum ChatFrames {
         }
     }
 
-    static func ack(id: String?, _ ack: SendAck) -> [UInt8] {
+    package static func ack(id: String?, _ ack: SendAck) -> [UInt8] {
         JSONWriter.frame("ack", id: id) { writer in
             writer.field("conversation", ack.conversation)
             writer.field("seq", ack.sequence)
@@ -24,7 +24,7 @@ enum ChatFrames {
 
     /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged,
     /// built once into the buffer every recipient's connection shares.
-    static func messageEvent(_ record: [UInt8]) -> ByteBuffer { event("message", record) }
+    package static func messageEvent(_ record: [UInt8]) -> ByteBuffer { event("message", record) }
 
     static func toDeviceEvent(_ record: [UInt8]) -> ByteBuffer { event("to_device", record) }
 
