@@ -1,5 +1,8 @@
 // Micro-benchmarks of the steps a chat message takes through parleyd: reading a `send`
-// frame, encoding its ack and its message event, and sequencing sends into storage batches.
+// frame, sequencing sends into storage batches, building a batch's writes, and encoding the
+// ack and the message event. Fan-out to a group's connections is measured end to end by
+// parley-bench's group scenario: on an embedded NIO channel, the harness's own writes cost
+// ten times the server's fan-out code.
 // Run with `make microbench`; docs/BENCHMARKS.md has the figures and how to compare runs.
 import Benchmark
 import Foundation
@@ -43,6 +46,28 @@ let benchmarks: @Sendable () -> Void = {
             WebSocketFrames.append(opcode: WebSocketFrames.text, ByteBuffer(bytes: ChatFrames.ack(id: "r-42", ack)), to: &out)
             WebSocketFrames.append(opcode: WebSocketFrames.text, ChatFrames.messageEvent(record), to: &out)
             blackHole(out)
+        }
+    }
+
+    // The storage writes of a batch of 16 messages to one direct conversation, built in the
+    // memory handed to the plugin, as the message log builds them: per message its client-id
+    // row and its record; per batch the sender's read cursor and both users' summaries.
+    Benchmark("storage batch: the writes of 16 direct messages") { benchmark in
+        let record = Samples.record()
+        let partition = StorageBytes.utf8(Samples.conversation.rawValue)
+        let summary = Array(#"{"last_seq":4258,"last_ts":1796000000000}"#.utf8)
+        for _ in benchmark.scaledIterations {
+            let batch = StorageBatch(capacity: 36)
+            for index in 0..<16 {
+                let sequence = Int64(4_242 + index)
+                batch.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: .joined(Samples.sender.userID, "c-\(index)"), value: .sequences(sequence, 1_796_000_000_000))
+                batch.add(.putIfAbsent, table: StorageLayout.messages, partition: partition, sort: .sequence(sequence), value: .bytes(record))
+            }
+            batch.add(.put, table: StorageLayout.readCursors, partition: partition, sort: .joined(Samples.sender.userID, "read"), value: .sequence(4_257))
+            for user in Samples.conversation.participants {
+                batch.add(.put, table: StorageLayout.userConversations, partition: .utf8(user), sort: partition, value: .bytes(summary))
+            }
+            blackHole(batch)
         }
     }
 
