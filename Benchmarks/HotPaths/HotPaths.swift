@@ -21,6 +21,12 @@ let benchmarks: @Sendable () -> Void = {
         maxDuration: .seconds(3)
     )
 
+    // The harness's own cost per sample (its measurement allocates too): subtract it from
+    // the others' allocation counts.
+    Benchmark("baseline: an empty sample") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(benchmark) }
+    }
+
     // What an event loop does per `send` frame before the message log takes it.
     Benchmark("frame decode: a masked send frame to a SendRequest") { benchmark in
         let frame = Samples.maskedSendFrame()
