@@ -89,7 +89,7 @@ let benchmarks: @Sendable () -> Void = {
         let instance = try PluginInstance(library: library, configuration: [:], pool: pool, logger: Logger(label: "hot-paths"))
         let log = MessageLog(storage: try StorageBackend(instance: instance))
         let requests = (0..<1_000).map { index in
-            SendRequest(sender: Samples.sender, conversation: .direct("user-00", "user-\(index % 10 + 1)"), clientID: "c-\(index)", contentType: "text/plain", body: Samples.body)
+            SendRequest(sender: Samples.sender, conversation: .direct(Samples.user(0), Samples.user(index % 10 + 1)), clientID: "c-\(index)", contentType: "text/plain", body: Samples.body)
         }
         benchmark.startMeasurement()
         let failures = await Samples.sendAll(requests, to: log)
@@ -102,8 +102,10 @@ let benchmarks: @Sendable () -> Void = {
 
 /// The inputs the benchmarks share.
 enum Samples {
-    static let sender = Session(userID: "user-00", deviceID: "dv_00000000000000000000", username: "ann")
-    static let conversation = ConversationID.direct("user-00", "user-01")
+    /// User ids as the server makes them ("u_" and 20 hex digits).
+    static func user(_ number: Int) -> String { "u_" + String(repeating: "0", count: 18) + (number < 10 ? "0\(number)" : "\(number)") }
+    static let sender = Session(userID: user(0), deviceID: "dv_00000000000000000000", username: "ann")
+    static let conversation = ConversationID.direct(user(0), user(1))
     static let body = String(repeating: "x", count: 100)
 
     /// A client's `send` frame, masked as clients must send it.

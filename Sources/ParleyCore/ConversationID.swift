@@ -7,17 +7,38 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
 
     public let rawValue: String
     public let kind: Kind
+
     /// The two users of a direct conversation (one for a conversation with oneself);
-    /// empty for a group, whose members are stored.
-    public let participants: [String]
+    /// empty for a group, whose members are stored. Read from the raw value when asked for:
+    /// a `send` frame names its conversation, and keeping the users as strings would cost
+    /// three allocations per message for the few places that need them.
+    public var participants: [String] {
+        guard let (first, second) = users else { return [] }
+        return first == second ? [String(first)] : [String(first), String(second)]
+    }
+
+    /// For a direct conversation: whether the user takes part. Groups answer from their
+    /// members, so this is false for a group.
+    public func includes(_ userID: String) -> Bool {
+        guard let (first, second) = users else { return false }
+        return first == userID || second == userID
+    }
+
+    /// A direct conversation's two user ids, in place in the raw value.
+    private var users: (Substring, Substring)? {
+        guard kind == .direct else { return nil }
+        let rest = rawValue.dropFirst(2)
+        guard let colon = rest.firstIndex(of: ":") else { return nil }
+        return (rest[..<colon], rest[rest.index(after: colon)...])
+    }
 
     public static func direct(_ first: String, _ second: String) -> ConversationID {
-        let ordered = [first, second].sorted()
-        return ConversationID(rawValue: "d:\(ordered[0]):\(ordered[1])", kind: .direct, participants: ordered[0] == ordered[1] ? [ordered[0]] : ordered)
+        let (low, high) = first <= second ? (first, second) : (second, first)
+        return ConversationID(rawValue: "d:\(low):\(high)", kind: .direct)
     }
 
     public static func group(_ id: String) -> ConversationID {
-        ConversationID(rawValue: "g:\(id)", kind: .group, participants: [])
+        ConversationID(rawValue: "g:\(id)", kind: .group)
     }
 
     /// Parses an identifier a client sent; nil when it is not one.
@@ -27,27 +48,23 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
         let rest = Substring(text).utf8.dropFirst(2)
         if text.hasPrefix("g:") {
             guard rest.count >= 3, rest.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else { return nil }
-            self.init(rawValue: text, kind: .group, participants: [])
+            self.init(rawValue: text, kind: .group)
             return
         }
         guard text.hasPrefix("d:"), let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
         let first = Substring(rest[..<colon]), second = Substring(rest[rest.index(after: colon)...])
         guard !first.isEmpty, !second.isEmpty, !second.utf8.contains(UInt8(ascii: ":")), first <= second else { return nil }
-        self.init(rawValue: text, kind: .direct, participants: first == second ? [String(first)] : [String(first), String(second)])
+        self.init(rawValue: text, kind: .direct)
     }
 
     /// The raw value names the conversation: equality and hashing use it alone.
     public static func == (lhs: ConversationID, rhs: ConversationID) -> Bool { lhs.rawValue == rhs.rawValue }
     public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
 
-    private init(rawValue: String, kind: Kind, participants: [String]) {
+    private init(rawValue: String, kind: Kind) {
         self.rawValue = rawValue
         self.kind = kind
-        self.participants = participants
     }
-
-    /// For a direct conversation: whether the user takes part. Groups answer from their members.
-    public func includes(_ userID: String) -> Bool { participants.contains(userID) }
 
     /// The group's id, for a group.
     public var groupID: String? { kind == .group ? String(rawValue.dropFirst(2)) : nil }
