@@ -24,12 +24,13 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
         return first == userID || second == userID
     }
 
-    /// A direct conversation's two user ids, in place in the raw value.
+    /// A direct conversation's two user ids, in place in the raw value (searched as UTF-8
+    /// bytes, not characters: `includes` runs for every `send`).
     private var users: (Substring, Substring)? {
         guard kind == .direct else { return nil }
-        let rest = rawValue.dropFirst(2)
-        guard let colon = rest.firstIndex(of: ":") else { return nil }
-        return (rest[..<colon], rest[rest.index(after: colon)...])
+        let rest = rawValue.utf8.dropFirst(2)
+        guard let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        return (Substring(rest[..<colon]), Substring(rest[rest.index(after: colon)...]))
     }
 
     public static func direct(_ first: String, _ second: String) -> ConversationID {
