@@ -24,6 +24,11 @@ struct StorageLogTests {
         throw TestFailure("the plugin started with \(configuration)")
     }
 
+    /// Every row of the one partition the tests write.
+    private func allRows(_ storage: StorageBackend) async throws -> [StorageRow] {
+        try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+    }
+
     private func key(_ row: Int) -> StorageKey {
         StorageKey(table: "t", partition: Array("p".utf8), sort: withUnsafeBytes(of: UInt32(row).bigEndian) { Array($0) })
     }
@@ -76,7 +81,7 @@ struct StorageLogTests {
         try truncate(newest, to: acknowledged + (full - acknowledged) / 2)
 
         storage = try open(["path": folder], pool: pool)
-        var read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        var read = try await allRows(storage)
         #expect(read.count == rows, "the half-written batch must vanish whole")
         #expect(read.map(\.value) == (0..<rows).map { value($0, 1) })
         #expect(try size(newest) == acknowledged, "the torn record is cut off the file")
@@ -87,7 +92,7 @@ struct StorageLogTests {
         // Garbage after the last record (a write that never reached its checksum).
         try append(Array("garbage that is not a record".utf8) + [UInt8](repeating: 0xAB, count: 300), to: newest)
         storage = try open(["path": folder], pool: pool)
-        read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        read = try await allRows(storage)
         #expect(read.count == rows + 1)
         try await storage.apply([.put(key(0), value: value(0, 2))])
         await storage.instance.shutdown()
@@ -251,7 +256,7 @@ struct StorageLogTests {
         // Restored (here: the damaged bytes put back), every row is there.
         try overwrite(newest, at: UInt64(from), with: Array(before[from..<from + 60]))
         storage = try open(["path": folder], pool: pool)
-        let read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+        let read = try await allRows(storage)
         #expect(read.map(\.value) == (0..<100).map { value($0, 1) })
         await storage.instance.shutdown()
     }
@@ -283,7 +288,7 @@ struct StorageLogTests {
         storage = try open(["path": folder], pool: pool)
         #expect(try size(newest) == acknowledged, "the torn group is cut off")
         #expect(try await storage.get(forgedKey) == nil)
-        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        #expect(try await allRows(storage).count == 20)
         await storage.instance.shutdown()
     }
 
@@ -340,14 +345,14 @@ struct StorageLogTests {
             storage = try open(["path": folder], pool: pool)
             #expect(try size(newest) == UInt64(group.start), "\(lost): the file is cut where the torn group started")
             let kept = (0..<written).filter { !tornRows.contains($0) }
-            let read = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            let read = try await allRows(storage)
             #expect(read.map(\.value) == kept.map { value($0, 1, size: 3_000) }, "\(lost): every earlier group, none of the torn one")
             for torn in tornRows { #expect(try await storage.get(key(torn)) == nil, "\(lost): row \(torn) was in the torn group") }
             try await storage.apply([.put(key(written), value: value(written, 2))])
             await storage.instance.shutdown()
             storage = try open(["path": folder], pool: pool)
             #expect(try await storage.get(key(written)) == value(written, 2), "\(lost)")
-            #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == kept.count + 1)
+            #expect(try await allRows(storage).count == kept.count + 1)
             await storage.instance.shutdown()
         }
     }
@@ -412,7 +417,7 @@ struct StorageLogTests {
             #expect(message.contains("truncate the file to \(record - 32) bytes"), "\(damage): \(message)")
             try truncate(newest, to: UInt64(record - 32))
             let reopened = try open(["path": folder], pool: pool)
-            let rows = try await reopened.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            let rows = try await allRows(reopened)
             #expect(rows.map(\.value) == (0..<10).map { value($0, 1, size: 200) }, "\(damage)")
             await reopened.instance.shutdown()
         }
@@ -431,7 +436,7 @@ struct StorageLogTests {
         // Pages of a group that never reached the disk read back as zeros.
         try append([UInt8](repeating: 0, count: 8_192), to: newest)
         storage = try open(["path": folder], pool: pool)
-        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        #expect(try await allRows(storage).count == 20)
         #expect(try size(newest) == acknowledged)
         await storage.instance.shutdown()
 
@@ -440,7 +445,7 @@ struct StorageLogTests {
         let last = recordOffsets(bytes).last!
         try append(Array(bytes[last..<last + 100]) + [UInt8](repeating: 0, count: 5_000), to: newest)
         storage = try open(["path": folder], pool: pool)
-        #expect(try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan()).count == 20)
+        #expect(try await allRows(storage).count == 20)
         #expect(try size(newest) == acknowledged)
         try await storage.apply([.put(key(99), value: value(99, 1))])
         await storage.instance.shutdown()
@@ -513,7 +518,7 @@ struct StorageLogTests {
                     #expect(stored == value(row, rounds - 1, size: 2_000), "row \(row) after reopen \(reopen)")
                 }
             }
-            let scanned = try await storage.scan(table: Array("t".utf8), partition: Array("p".utf8), StorageScan())
+            let scanned = try await allRows(storage)
             #expect(scanned.count == rows - 2)
             await storage.instance.shutdown()
         }
