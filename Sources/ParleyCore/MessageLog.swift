@@ -192,7 +192,7 @@ public final class MessageLog: Sendable {
     /// lock, one job on the plugin workers turns the queues of every ready conversation
     /// into one batch each, and each batch's completion runs on the thread that
     /// finishes it (for storage-sqlite, its writer thread, after the group commit).
-    public func submit(_ request: SendRequest, completion: @escaping Completion) {
+    public func submit(_ request: consuming SendRequest, completion: @escaping Completion) {
         do {
             try validate(request)
         } catch {
@@ -200,28 +200,38 @@ public final class MessageLog: Sendable {
             return
         }
         let conversation = request.conversation
+        let pending = Pending(request: request, completion: completion)
         let (load, startJob) = state.withLock { state in
-            state.conversations[conversation, default: Conversation()].queue.append(Pending(request: request, completion: completion))
-            return (Self.startLoadIfNeeded(conversation, &state), Self.markReady(conversation, &state))
+            // One access to the entry, in place: hashing a conversation id is a noticeable
+            // part of a send, and a copy of the entry would copy its queue on the next append.
+            let next = Self.queue(pending, in: &state.conversations[conversation, default: Conversation()])
+            return (next.load, next.ready && Self.list(conversation, &state))
         }
         if load { startLoad(conversation) }
         if startJob { queueJob() }
     }
 
-    /// Marks the conversation for loading when nothing is known of it yet.
-    private static func startLoadIfNeeded(_ conversation: ConversationID, _ state: inout State) -> Bool {
-        guard let entry = state.conversations[conversation], !entry.loading, entry.lastSequence == nil || entry.members == nil else { return false }
-        state.conversations[conversation]!.loading = true
-        return true
+    private static func queue(_ pending: Pending, in entry: inout Conversation) -> (load: Bool, ready: Bool) {
+        entry.queue.append(pending)
+        return next(&entry)
     }
 
-    /// Lists the conversation as ready when it can take a batch now; true when the
-    /// caller must queue the job.
-    private static func markReady(_ conversation: ConversationID, _ state: inout State) -> Bool {
-        guard let entry = state.conversations[conversation], !entry.queue.isEmpty, !entry.writing, !entry.listed,
-            entry.lastSequence != nil, entry.members != nil
-        else { return false }
-        state.conversations[conversation]!.listed = true
+    /// What the conversation needs now: loading, when nothing is known of it yet (it is
+    /// marked loading), or a place in `State.ready`, when it can take a batch now (it is
+    /// marked listed, and the caller must `list` it).
+    private static func next(_ entry: inout Conversation) -> (load: Bool, ready: Bool) {
+        var load = false
+        if !entry.loading, entry.lastSequence == nil || entry.members == nil {
+            entry.loading = true
+            load = true
+        }
+        guard !entry.queue.isEmpty, !entry.writing, !entry.listed, entry.lastSequence != nil, entry.members != nil else { return (load, false) }
+        entry.listed = true
+        return (load, true)
+    }
+
+    /// Lists a conversation `next` found ready; true when the caller must queue the job.
+    private static func list(_ conversation: ConversationID, _ state: inout State) -> Bool {
         state.ready.append(conversation)
         guard !state.jobQueued else { return false }
         state.jobQueued = true
@@ -256,21 +266,22 @@ public final class MessageLog: Sendable {
             let ready = state.ready
             state.ready.removeAll(keepingCapacity: true)
             return ready.compactMap { conversation in
-                guard var entry = state.conversations[conversation] else { return nil }
-                entry.listed = false
-                guard let last = entry.lastSequence, let members = entry.members, !entry.queue.isEmpty else {
-                    state.conversations[conversation] = entry
-                    return nil
-                }
-                let take = min(entry.queue.count, limits.maxMessagesPerBatch)
-                let pending = Array(entry.queue.prefix(take))
-                entry.queue.removeFirst(take)
-                entry.writing = true
-                state.conversations[conversation] = entry
-                return Batch(conversation: conversation, pending: pending, after: last, members: members, indexed: entry.indexed)
+                guard let index = state.conversations.index(forKey: conversation) else { return nil }
+                return Self.takeBatch(of: conversation, &state.conversations.values[index], limit: limits.maxMessagesPerBatch)
             }
         }
         for batch in batches { write(batch) }
+    }
+
+    /// Takes the head of the conversation's queue as a batch and marks it writing, in place.
+    private static func takeBatch(of conversation: ConversationID, _ entry: inout Conversation, limit: Int) -> Batch? {
+        entry.listed = false
+        guard let last = entry.lastSequence, let members = entry.members, !entry.queue.isEmpty else { return nil }
+        let take = min(entry.queue.count, limit)
+        let pending = Array(entry.queue.prefix(take))
+        entry.queue.removeFirst(take)
+        entry.writing = true
+        return Batch(conversation: conversation, pending: pending, after: last, members: members, indexed: entry.indexed)
     }
 
     private func startLoad(_ conversation: ConversationID) {
@@ -279,10 +290,9 @@ public final class MessageLog: Sendable {
                 let members = try await loadMembers(conversation)
                 let last = try await loadLastSequence(conversation)
                 let startJob = state.withLock { state in
-                    state.conversations[conversation]?.lastSequence = last
-                    state.conversations[conversation]?.members = members
-                    state.conversations[conversation]?.loading = false
-                    return Self.markReady(conversation, &state)
+                    guard let index = state.conversations.index(forKey: conversation) else { return false }
+                    let ready = Self.loaded(last, members, in: &state.conversations.values[index])
+                    return ready && Self.list(conversation, &state)
                 }
                 if startJob { queueJob() }
             } catch {
@@ -294,6 +304,13 @@ public final class MessageLog: Sendable {
                 for pending in queue { pending.resume(returning: .failure(error)) }
             }
         }
+    }
+
+    private static func loaded(_ last: Int64, _ members: ConversationMembers, in entry: inout Conversation) -> Bool {
+        entry.lastSequence = last
+        entry.members = members
+        entry.loading = false
+        return next(&entry).ready
     }
 
     private func loadMembers(_ conversation: ConversationID) async throws(ChatError) -> ConversationMembers {
@@ -333,10 +350,13 @@ public final class MessageLog: Sendable {
         .joined(request.sender.userID, request.clientID)
     }
 
-    /// A sender's client id, to find resends within one batch.
+    /// A sender's client id, to find resends within one batch. Hashed by the client id
+    /// alone: it tells sends apart on its own nearly always, and hashing is per send.
     private struct ClientRef: Hashable {
         var userID: String
         var clientID: String
+
+        func hash(into hasher: inout Hasher) { hasher.combine(clientID) }
     }
 
     /// What one batch writes, and what its sends are answered with once it is durable.
@@ -361,6 +381,7 @@ public final class MessageLog: Sendable {
         var result = BatchWrites(writes: StorageBatch(capacity: batch.pending.count * 2 + 4), lastSequence: batch.after, members: batch.members)
         let partition = StorageBytes.utf8(conversation.rawValue)
         var firstOfClientID: [ClientRef: Int] = [:]
+        firstOfClientID.reserveCapacity(batch.pending.count)
         var senders: [String: Int64] = [:]
         // The current members change only with membership events: computed once until then.
         var current = result.members.current
@@ -370,8 +391,8 @@ public final class MessageLog: Sendable {
         /// row stops there, since they cannot read further.
         var membershipEnded: [String: Int64] = [:]
         for pending in batch.pending {
-            let request = pending.request
-            let ref = ClientRef(userID: request.sender.userID, clientID: request.clientID)
+            // Fields are read through `pending`: a copy of the whole request retains each of its strings.
+            let ref = ClientRef(userID: pending.request.sender.userID, clientID: pending.request.clientID)
             if let first = firstOfClientID[ref] {
                 var ack = result.acks[first].0
                 ack.duplicate = true
@@ -379,10 +400,10 @@ public final class MessageLog: Sendable {
                 result.acks.append((ack, nil))
                 continue
             }
-            var body = request.body
+            var body = pending.request.body
             var alsoNotify: [String] = []
             var eventWrites: [StorageWrite] = []
-            if let change = request.membershipChange {
+            if let change = pending.request.membershipChange {
                 var changed = result.members
                 do {
                     let event = try change(&changed, result.lastSequence + 1)
@@ -403,25 +424,25 @@ public final class MessageLog: Sendable {
             } else if !result.members.exists {
                 pending.resume(returning: .failure(.notFound("conversation \(conversation)")))
                 continue
-            } else if !result.members.isCurrent(request.sender.userID) {
+            } else if !result.members.isCurrent(pending.request.sender.userID) {
                 pending.resume(returning: .failure(.forbidden("you are not a member of \(conversation)")))
                 continue
             }
             firstOfClientID[ref] = result.included.count
             result.lastSequence += 1
             let sequence = result.lastSequence
-            let record = Self.record(request, body: body, sequence: sequence, timestamp: timestamp)
+            let record = Self.record(pending.request, body: body, sequence: sequence, timestamp: timestamp)
             result.clientIDOwner[result.writes.count] = result.included.count
-            result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: Self.clientSortKey(request), value: .sequences(sequence, timestamp))
+            result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: Self.clientSortKey(pending.request), value: .sequences(sequence, timestamp))
             // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
             result.messageWrites.insert(result.writes.count)
             result.writes.add(.putIfAbsent, table: StorageLayout.messages, partition: partition, sort: .sequence(sequence), value: .bytes(record))
             for write in eventWrites { result.writes.add(write) }
-            senders[request.sender.userID] = sequence
+            senders[pending.request.sender.userID] = sequence
             let recipients = alsoNotify.isEmpty ? current : current + alsoNotify
             result.included.append(pending)
             result.acks.append((
-                SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: false),
+                SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: pending.request.clientID, duplicate: false),
                 StoredMessage(conversation: conversation, sequence: sequence, record: record, recipients: recipients)
             ))
         }
@@ -508,30 +529,37 @@ public final class MessageLog: Sendable {
     /// Ends a conversation's batch: records what was stored, puts sends to retry back at
     /// the head of its queue, and lists it again (or reloads it) when sends wait.
     private func finishWrite(_ conversation: ConversationID, storedUpTo sequence: Int64?, members: ConversationMembers?, requeue: [Pending], reload: Bool = false) {
-        let (load, startJob) = state.withLock { state in
-            guard var entry = state.conversations[conversation] else { return (false, false) }
-            entry.writing = false
-            if let sequence {
-                // A stored batch wrote a group's member rows if they were not written yet.
-                entry.lastSequence = sequence
-                entry.indexed = true
-            }
-            if let members { entry.members = members }
-            if reload {
-                entry.lastSequence = nil
-                entry.members = nil
-                entry.indexed = false
-            }
-            entry.queue.insert(contentsOf: requeue, at: 0)
-            if entry.queue.isEmpty, !entry.loading, state.conversations.count > 100_000 {
-                state.conversations[conversation] = nil
+        let (load, startJob) = state.withLock { state -> (Bool, Bool) in
+            guard let index = state.conversations.index(forKey: conversation) else { return (false, false) }
+            let next = Self.finish(&state.conversations.values[index], storedUpTo: sequence, members: members, requeue: requeue, reload: reload, evictable: state.conversations.count > 100_000)
+            guard let next else {
+                state.conversations.remove(at: index)
                 return (false, false)
             }
-            state.conversations[conversation] = entry
-            return (Self.startLoadIfNeeded(conversation, &state), Self.markReady(conversation, &state))
+            return (next.load, next.ready && Self.list(conversation, &state))
         }
         if load { startLoad(conversation) }
         if startJob { queueJob() }
+    }
+
+    /// `finishWrite` on the entry, in place; nil when it should be dropped (nothing waits
+    /// for it and the map of conversations is full).
+    private static func finish(_ entry: inout Conversation, storedUpTo sequence: Int64?, members: ConversationMembers?, requeue: [Pending], reload: Bool, evictable: Bool) -> (load: Bool, ready: Bool)? {
+        entry.writing = false
+        if let sequence {
+            // A stored batch wrote a group's member rows if they were not written yet.
+            entry.lastSequence = sequence
+            entry.indexed = true
+        }
+        if let members { entry.members = members }
+        if reload {
+            entry.lastSequence = nil
+            entry.members = nil
+            entry.indexed = false
+        }
+        if !requeue.isEmpty { entry.queue.insert(contentsOf: requeue, at: 0) }
+        if entry.queue.isEmpty, !entry.loading, evictable { return nil }
+        return next(&entry)
     }
 
     private func originalAck(of request: SendRequest) async -> Result<(SendAck, StoredMessage?), ChatError> {

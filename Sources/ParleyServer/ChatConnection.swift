@@ -323,7 +323,10 @@ final class LoopWriter: @unchecked Sendable {
                 byWriter.append((connection.writer, [connection]))
             }
         }
-        for (writer, connections) in byWriter { writer.hand(.many(payload, connections, except: except)) }
+        // A loop whose only connection is `except` (a sender's, for a direct message) gets nothing.
+        for (writer, connections) in byWriter where !(connections.count == 1 && connections[0] === except) {
+            writer.hand(.many(payload, connections, except: except))
+        }
     }
 
     func send(_ payload: ByteBuffer, to connection: ChatConnection) {

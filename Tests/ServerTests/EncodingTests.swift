@@ -35,6 +35,36 @@ struct EncodingTests {
         #expect(parsed["negative"]?.int64Value == -42)
     }
 
+    /// The writer looks for bytes to escape eight at a time: every ASCII byte, at every
+    /// position of a word and of the tail, must be found (or left alone) as one at a time would.
+    @Test func everyByteThatNeedsEscapingIsFoundAtEveryPosition() {
+        func reference(_ text: String) -> [UInt8] {
+            var out = Array("\"".utf8)
+            for byte in text.utf8 {
+                switch byte {
+                case UInt8(ascii: "\""): out += Array("\\\"".utf8)
+                case UInt8(ascii: "\\"): out += Array("\\\\".utf8)
+                case 0x0A: out += Array("\\n".utf8)
+                case 0x0D: out += Array("\\r".utf8)
+                case 0x09: out += Array("\\t".utf8)
+                case 0..<0x20: out += Array(("\\u00" + String(byte >> 4, radix: 16) + String(byte & 0xF, radix: 16)).utf8)
+                default: out.append(byte)
+                }
+            }
+            return out + Array("\"".utf8)
+        }
+        for byte in UInt8(0)..<0x80 {
+            for position in 0..<19 {
+                let text = String(repeating: "a", count: position) + String(UnicodeScalar(byte)) + String(repeating: "é", count: (18 - position) / 2)
+                var writer = JSONWriter()
+                writer.beginArray()
+                writer.element(text)
+                writer.endArray()
+                #expect(writer.bytes == Array("[".utf8) + reference(text) + Array("]".utf8), "byte \(byte) at \(position)")
+            }
+        }
+    }
+
     @Test func flatObjectsOfStringsAreReadInPlaceAndAnythingElseIsLeftToTheFullParser() {
         let pairs = JSONParser.flatStringObject(Array(#" { "type" : "send", "body":"a\"b\n\u00e9", "type":"again" } "#.utf8))
         #expect(pairs?["type"] == "again", "a key given twice means its last value, as in the full parser")
