@@ -42,20 +42,36 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
         ConversationID(rawValue: "g:\(id)", kind: .group)
     }
 
-    /// Parses an identifier a client sent; nil when it is not one.
+    /// Parses an identifier a client sent; nil when it is not one. Checked on its UTF-8 in
+    /// place (every `send` names its conversation); only a direct conversation's user ids
+    /// beyond ASCII are compared as strings.
     public init?(_ text: String) {
-        let utf8 = text.utf8
-        guard utf8.count <= 160, utf8.count > 2 else { return nil }
-        let rest = Substring(text).utf8.dropFirst(2)
-        if text.hasPrefix("g:") {
-            guard rest.count >= 3, rest.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else { return nil }
-            self.init(rawValue: text, kind: .group)
-            return
+        let kind = text.utf8.withContiguousStorageIfAvailable(Self.kind) ?? Array(text.utf8).withUnsafeBufferPointer(Self.kind)
+        switch kind {
+        case .some(.group): self.init(rawValue: text, kind: .group)
+        case .some(.direct): self.init(rawValue: text, kind: .direct)
+        case .none:
+            return nil
         }
-        guard text.hasPrefix("d:"), let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
-        let first = Substring(rest[..<colon]), second = Substring(rest[rest.index(after: colon)...])
-        guard !first.isEmpty, !second.isEmpty, !second.utf8.contains(UInt8(ascii: ":")), first <= second else { return nil }
-        self.init(rawValue: text, kind: .direct)
+    }
+
+    /// The kind of a well-formed identifier: "g:" and at least three of [a-z0-9_], or "d:"
+    /// and two non-empty user ids without ":" in ascending order.
+    private static func kind(_ utf8: UnsafeBufferPointer<UInt8>) -> Kind? {
+        guard utf8.count <= 160, utf8.count > 2, utf8[1] == UInt8(ascii: ":") else { return nil }
+        let rest = utf8[2...]
+        if utf8[0] == UInt8(ascii: "g") {
+            guard rest.count >= 3, rest.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else { return nil }
+            return .group
+        }
+        guard utf8[0] == UInt8(ascii: "d"), let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let first = rest[..<colon], second = rest[(colon + 1)...]
+        guard !first.isEmpty, !second.isEmpty, !second.contains(UInt8(ascii: ":")) else { return nil }
+        // For ASCII, String's order is the bytes' order.
+        let ascending = first.allSatisfy { $0 < 0x80 } && second.allSatisfy { $0 < 0x80 }
+            ? !second.lexicographicallyPrecedes(first)
+            : String(decoding: UnsafeBufferPointer(rebasing: first), as: UTF8.self) <= String(decoding: UnsafeBufferPointer(rebasing: second), as: UTF8.self)
+        return ascending ? .direct : nil
     }
 
     /// The raw value names the conversation: equality and hashing use it alone.

@@ -88,7 +88,11 @@ struct EncodingTests {
         #expect(ConversationID("d:alice:alice")?.participants == ["alice"])
         #expect(direct == ConversationID.direct("bob", "alice"))
         #expect(ConversationID("g:team_42")?.groupID == "team_42")
-        for bad in ["", "d:", "g:", "d:alice", "d:bob:alice", "d:a:b:c", "d::b", "d:a:", "g:ab", "g:Team", "g:a:b", "x:a:b", "dd:a:b", "g:" + String(repeating: "a", count: 200)] {
+        // Users beyond ASCII are ordered as strings are, the order `direct` uses.
+        #expect(ConversationID("d:e:é") == ConversationID.direct("é", "e"))
+        #expect(ConversationID("d:Zed:amy") == ConversationID.direct("amy", "Zed"))
+        #expect(ConversationID("d:b:a\u{301}") == ConversationID.direct("a\u{301}", "b"), "á with a combining accent sorts after b")
+        for bad in ["", "d:", "g:", "d:alice", "d:bob:alice", "d:é:e", "d:amy:Zed", "é:a:b", "d:a:b:c", "d::b", "d:a:", "g:ab", "g:Team", "g:a:b", "x:a:b", "dd:a:b", "g:" + String(repeating: "a", count: 200)] {
             #expect(ConversationID(bad) == nil, "\(bad) is not a conversation id")
         }
     }
