@@ -365,9 +365,9 @@ public final class MessageLog: Sendable {
         /// The sends in the batch (failed ones are answered at once and left out), with their answers.
         var included: [Pending] = []
         var acks: [(SendAck, StoredMessage?)] = []
-        /// The send that owns each client-id write, by write index.
-        var clientIDOwner: [Int: Int] = [:]
-        var messageWrites = Set<Int>()
+        /// Each stored send's client-id write and the send's index in `included`; its
+        /// message write is the next one. Searched only when a batch fails on a condition.
+        var clientIDWrites: [(write: Int, owner: Int)] = []
         var lastSequence: Int64
         var members: ConversationMembers
     }
@@ -383,6 +383,9 @@ public final class MessageLog: Sendable {
         var firstOfClientID: [ClientRef: Int] = [:]
         firstOfClientID.reserveCapacity(batch.pending.count)
         var senders: [String: Int64] = [:]
+        /// The sender of the latest sends and its last sequence, put in `senders` when another
+        /// sender's send comes: a direct conversation's batch is mostly one sender's.
+        var senderRun: (userID: String, sequence: Int64)?
         // The current members change only with membership events: computed once until then.
         var current = result.members.current
         var summaryUsers = Set(current)
@@ -432,13 +435,13 @@ public final class MessageLog: Sendable {
             result.lastSequence += 1
             let sequence = result.lastSequence
             let record = Self.record(pending.request, body: body, sequence: sequence, timestamp: timestamp)
-            result.clientIDOwner[result.writes.count] = result.included.count
+            result.clientIDWrites.append((result.writes.count, result.included.count))
             result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: Self.clientSortKey(pending.request), value: .sequences(sequence, timestamp))
             // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
-            result.messageWrites.insert(result.writes.count)
             result.writes.add(.putIfAbsent, table: StorageLayout.messages, partition: partition, sort: .sequence(sequence), value: .bytes(record))
             for write in eventWrites { result.writes.add(write) }
-            senders[pending.request.sender.userID] = sequence
+            if let run = senderRun, run.userID != pending.request.sender.userID { senders[run.userID] = run.sequence }
+            senderRun = (pending.request.sender.userID, sequence)
             let recipients = alsoNotify.isEmpty ? current : current + alsoNotify
             result.included.append(pending)
             result.acks.append((
@@ -446,6 +449,7 @@ public final class MessageLog: Sendable {
                 StoredMessage(conversation: conversation, sequence: sequence, record: record, recipients: recipients)
             ))
         }
+        if let run = senderRun { senders[run.userID] = run.sequence }
         guard result.lastSequence > batch.after else { return result }
         // Senders have read what they send: their read cursor moves to their last message.
         for (sender, sequence) in senders.sorted(by: { $0.key < $1.key }) {
@@ -510,12 +514,12 @@ public final class MessageLog: Sendable {
                 for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
                 finishWrite(batch.conversation, storedUpTo: built.lastSequence, members: built.members, requeue: [])
             case .failure(let error):
-                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = built.clientIDOwner[index] {
+                if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = built.clientIDWrites.first(where: { $0.write == index })?.owner {
                     var remaining = built.included
                     let duplicate = remaining.remove(at: owner)
                     finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: remaining)
                     Task { duplicate.resume(returning: await originalAck(of: duplicate.request)) }
-                } else if error.status == .conflict, case .plugin(_, _, _, let index?) = error, built.messageWrites.contains(index) {
+                } else if error.status == .conflict, case .plugin(_, _, _, let index?) = error, built.clientIDWrites.contains(where: { $0.write + 1 == index }) {
                     finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: built.included, reload: true)
                 } else {
                     finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: [])
