@@ -7,7 +7,7 @@ import Testing
 /// Runs the built parley-bench with `--json` and returns its parsed report.
 struct BenchRun {
     /// One state folder for the whole suite, so accounts are created once.
-    static let state = FileManager.default.temporaryDirectory.appendingPathComponent("parley-bench-tests-\(UUID().uuidString)")
+    static let state = testRunFolder.appendingPathComponent("bench-state")
 
     static var binary: String {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("parley-bench").path
@@ -111,4 +111,16 @@ struct BenchSmokeTests {
         #expect(run["reconnects_per_second"] > 0 && run["all_synced_ms"] > 0)
         #expect(run["reconnect_p50_ms"] <= run["reconnect_max_ms"])
     }
+}
+
+/// This test process's folder under the system's temporary folder, removed when the process
+/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
+/// one process and share the folder).
+let testRunFolder: URL = {
+    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    return testRunFolderPath()
+}()
+
+private func testRunFolderPath() -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }

@@ -29,9 +29,9 @@ enum TestSupport {
         return logger
     }()
 
-    /// A fresh folder under the system's temporary folder.
+    /// A fresh folder in the test run's folder (removed when the tests exit).
     static func scratchFolder() throws -> URL {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(UUID().uuidString)")
+        let folder = testRunFolder.appendingPathComponent(UUID().uuidString)
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         return folder
     }
@@ -69,4 +69,16 @@ enum TestSupport {
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+/// This test process's folder under the system's temporary folder, removed when the process
+/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
+/// one process and share the folder).
+let testRunFolder: URL = {
+    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    return testRunFolderPath()
+}()
+
+private func testRunFolderPath() -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }

@@ -164,7 +164,7 @@ struct GroupTests {
     }
 
     @Test func syncReadsTheGroupHeadAndMemberRowsAreWrittenOnlyOnMembershipChanges() async throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-server-\(UUID().uuidString)")
+        let folder = scratchFolder()
         var server = try await TestServer.start(dataFolder: folder)
         let ann = try await server.user("ann")[0], ben = try await server.user("ben")[0], cat = try await server.user("cat")[0]
         var owner = try await server.connect(ann)

@@ -146,8 +146,7 @@ struct MessagingTests {
     /// The whole server on storage-log: messages acknowledged before a restart are all there
     /// after it, in order, a resend is still recognised, and the sequence goes on.
     @Test func storageLogKeepsAcknowledgedMessagesAcrossARestart() async throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-server-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: folder) }
+        let folder = scratchFolder()
         var server = try await TestServer.start(["storage.plugin=storage-log"], dataFolder: folder)
         let alice = try await server.user("alice")
         let bob = try await server.user("bob")

@@ -26,7 +26,7 @@ struct PresenceTests {
     }
 
     @Test func contactsSeeOnlineOfflineAndLastSeenWithoutFlappingAndOthersSeeNothing() async throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-presence-\(UUID().uuidString)")
+        let folder = scratchFolder()
         var server = try await TestServer.start(["presence.grace_seconds=3"], dataFolder: folder)
         let alice = try await server.user("alice")
         let bob = try await server.user("bob")

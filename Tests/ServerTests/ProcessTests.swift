@@ -65,7 +65,7 @@ final class ParleydProcess: @unchecked Sendable {
 
 /// Runs a program to completion; output goes through a file (pipes can fail with EINTR).
 func runProgram(_ path: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws -> (status: Int32, output: String) {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("parley-run-\(UUID().uuidString)")
+    let folder = scratchFolder()
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     let log = folder.appendingPathComponent("output.log")
     _ = FileManager.default.createFile(atPath: log.path, contents: nil)
@@ -87,8 +87,21 @@ func runProgram(_ path: String, _ arguments: [String], environment: [String: Str
     return (process.terminationStatus, try String(contentsOf: log, encoding: .utf8))
 }
 
+/// A folder path, not yet made, in the test run's folder.
 func scratchFolder() -> URL {
-    FileManager.default.temporaryDirectory.appendingPathComponent("parley-proc-\(UUID().uuidString)")
+    testRunFolder.appendingPathComponent(UUID().uuidString)
+}
+
+/// This test process's folder under the system's temporary folder, removed when the process
+/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
+/// one process and share the folder).
+let testRunFolder: URL = {
+    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    return testRunFolderPath()
+}()
+
+private func testRunFolderPath() -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }
 
 @Suite("Processes", .serialized)

@@ -25,7 +25,7 @@ final class TestServer: Sendable {
 
     /// Starts a node on ports chosen by the system. `settings` are extra --set entries.
     static func start(_ settings: [String] = [], dataFolder: URL? = nil) async throws -> TestServer {
-        let folder = dataFolder ?? FileManager.default.temporaryDirectory.appendingPathComponent("parley-server-\(UUID().uuidString)")
+        let folder = dataFolder ?? scratchFolder()
         let configuration = try ServerConfiguration(
             file: nil, environment: [:],
             overrides: ["data.folder=\(folder.path)", "http.port=0", "chat.port=0", "log.level=warning"] + settings)
