@@ -4,7 +4,7 @@ SWIFT ?= swift
 APT_PACKAGES := libsodium-dev libsqlite3-dev libssl-dev liblmdb-dev pkg-config openssl curl
 BIN := .build/debug
 
-.PHONY: all deps build run test bench microbench plugins-c clean
+.PHONY: all deps build run test bench microbench floor plugins-c clean
 
 all: build
 
@@ -43,6 +43,18 @@ bench: deps
 # build folder; PARLEY_BENCHMARKS adds them to the package (see Package.swift).
 microbench: deps
 	PARLEY_BENCHMARKS=1 $(SWIFT) package --scratch-path .build-bench benchmark
+
+# The floor under a chat server on this machine (Benchmarks/Floor/relay_floor.c): a bare C
+# relay's CPU per durable message at 1,000 msgs/s and closed loop, log in the build folder.
+FLOOR_PORT ?= 19500
+floor:
+	mkdir -p .build
+	cc -O2 -Wall -Wextra -o .build/relay_floor Benchmarks/Floor/relay_floor.c
+	for rate in 1000 0; do \
+		taskset -c 0 .build/relay_floor server $(FLOOR_PORT) .build/relay_floor.log & sleep 0.5; \
+		if [ $$rate = 0 ]; then taskset -c 1 .build/relay_floor client $(FLOOR_PORT) 100 0 8 32; \
+		else taskset -c 1 .build/relay_floor client $(FLOOR_PORT) 50 $$rate 8; fi; wait; \
+	done; rm -f .build/relay_floor.log
 
 clean:
 	rm -rf .build
