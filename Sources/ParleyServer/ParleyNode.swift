@@ -61,7 +61,8 @@ public final class ParleyNode: Sendable {
             await runtime.shutdown()
             throw error
         }
-        let group = MultiThreadedEventLoopGroup.singleton
+        let group = EventLoops.group
+        logger.info("event loops: \(Array(group.makeIterator()).count) (CPUs this process may use: \(EventLoops.usableCPUs().map(String.init) ?? "unknown") of \(System.coreCount))")
         var chatListener: ChatListener?
         let scheme = tls == nil ? "ws" : "wss"
         do {

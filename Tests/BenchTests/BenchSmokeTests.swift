@@ -118,6 +118,7 @@ struct BenchSmokeTests {
 /// one process and share the folder).
 let testRunFolder: URL = {
     atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
     return testRunFolderPath()
 }()
 

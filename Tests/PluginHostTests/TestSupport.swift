@@ -76,6 +76,7 @@ struct TestFailure: Error, CustomStringConvertible {
 /// one process and share the folder).
 let testRunFolder: URL = {
     atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
     return testRunFolderPath()
 }()
 

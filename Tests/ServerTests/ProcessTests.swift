@@ -97,6 +97,7 @@ func scratchFolder() -> URL {
 /// one process and share the folder).
 let testRunFolder: URL = {
     atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
+    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
     return testRunFolderPath()
 }()
 
@@ -161,6 +162,17 @@ struct ProcessTests {
         #expect(next["seq"]?.int64Value == Int64(stored.count + 1), "the sequence continues without a gap")
         await again.close()
         restarted.signal(SIGTERM)
+    }
+
+    /// Pinned to one core (taskset here; a cpuset or systemd's CPUAffinity= alike), parleyd
+    /// runs one event loop instead of one per CPU of the machine.
+    @Test func aServerPinnedToOneCoreRunsOneEventLoop() throws {
+        let server = ParleydProcess(dataFolder: scratchFolder(), settings: ["log.level=info"])
+        server.process.arguments = ["-c", "0", server.process.executableURL!.path] + server.process.arguments!
+        server.process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
+        try server.start()
+        defer { server.signal(SIGTERM) }
+        #expect(server.log.contains("event loops: 1 (CPUs this process may use: 1 of "), "\(server.log)")
     }
 
     @Test func sigtermClosesConnectionsWithGoingAway() async throws {

@@ -1,0 +1,29 @@
+// The event loops of the chat and HTTP listeners: one per CPU the process may run on.
+import Glibc
+import NIOCore
+import NIOPosix
+
+enum EventLoops {
+    /// NIO's singleton group counts the machine's CPUs (and cgroup quotas), not the process's
+    /// CPU affinity: a `parleyd` pinned to one core (taskset, a cpuset, systemd's
+    /// `CPUAffinity=`) ran two loops taking turns on that core, and spent a fifth more CPU per
+    /// message on their hand-offs (docs/BENCHMARKS.md, fifth series). NIO's own
+    /// `NIO_SINGLETON_GROUP_LOOP_COUNT`, when set, still decides.
+    static let group: MultiThreadedEventLoopGroup = {
+        guard getenv("NIO_SINGLETON_GROUP_LOOP_COUNT") == nil, let usable = usableCPUs(), usable < System.coreCount else {
+            return .singleton
+        }
+        return MultiThreadedEventLoopGroup(numberOfThreads: usable)
+    }()
+
+    /// How many CPUs the process's affinity mask allows; nil when it cannot be read.
+    static func usableCPUs() -> Int? {
+        // Glibc's module leaves out the GNU-only sched_getaffinity; look it up at run time.
+        typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutablePointer<cpu_set_t>) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_getaffinity") else { return nil }
+        var set = cpu_set_t()
+        guard unsafeBitCast(symbol, to: GetAffinity.self)(0, MemoryLayout<cpu_set_t>.size, &set) == 0 else { return nil }
+        let count = withUnsafeBytes(of: &set) { bytes in bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
+        return count > 0 ? count : nil
+    }
+}
