@@ -152,26 +152,28 @@ enum Samples {
         return failed.load(ordering: .acquiring)
     }
 
-    /// The in-memory storage plugin of the plugin tests, built once with `cc`.
+    /// The in-memory storage plugin of the plugin tests, built once with `cc` and loaded once;
+    /// the file is removed once loaded (the loaded library stays mapped).
     static func memoryPlugin() throws -> PluginLibrary {
-        try memoryPluginPath.withLock { path in
-            if path == nil {
-                let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-                let fixture = root.appendingPathComponent("Tests/PluginHostTests/Fixtures/abi-v1.0")
-                let output = FileManager.default.temporaryDirectory.appendingPathComponent("parley-hot-paths-\(getpid())-memory.so")
-                let cc = Process()
-                cc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                cc.arguments = ["cc", "-std=c11", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-I", fixture.path, fixture.appendingPathComponent("memory_storage.c").path, "-o", output.path]
-                try cc.run()
-                cc.waitUntilExit()
-                guard cc.terminationStatus == 0 else { throw BuildFailure() }
-                path = output.path
-            }
-            return try PluginLibrary.load(path: path!)
+        try memoryPluginLibrary.withLock { library in
+            if let library { return library }
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            let fixture = root.appendingPathComponent("Tests/PluginHostTests/Fixtures/abi-v1.0")
+            let output = FileManager.default.temporaryDirectory.appendingPathComponent("parley-hot-paths-\(getpid())-memory.so")
+            defer { try? FileManager.default.removeItem(at: output) }
+            let cc = Process()
+            cc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            cc.arguments = ["cc", "-std=c11", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-I", fixture.path, fixture.appendingPathComponent("memory_storage.c").path, "-o", output.path]
+            try cc.run()
+            cc.waitUntilExit()
+            guard cc.terminationStatus == 0 else { throw BuildFailure() }
+            let loaded = try PluginLibrary.load(path: output.path)
+            library = loaded
+            return loaded
         }
     }
 
-    private static let memoryPluginPath = Mutex<String?>(nil)
+    private static let memoryPluginLibrary = Mutex<PluginLibrary?>(nil)
 
     struct BuildFailure: Error, CustomStringConvertible {
         var description: String { "cc could not build the in-memory storage plugin" }
