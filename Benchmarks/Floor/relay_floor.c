@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,7 @@ static void write_all(int fd, const char *buf, size_t len) {
 }
 
 static int server(int port, const char *logpath) {
-    static char partial[MAXCONN];          /* bytes of an unfinished message per connection */
+    static int partial[MAXCONN];           /* bytes of an unfinished message per connection */
     static int peer[MAXCONN], acks[MAXCONN], forwards[MAXCONN], open_fds[MAXCONN];
     static char buf[1 << 16], out[1 << 20], logbuf[1 << 22];
     struct epoll_event events[256];
@@ -126,16 +127,16 @@ static int server(int port, const char *logpath) {
             if (got <= 0) {
                 epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
                 close(fd);
-                if (--live == 0 && messages > 0) {
+                if (--live == 0) {
                     double cpu = cpu_seconds() - cpu_first;
-                    printf("server: %lld messages, %.1f us of CPU per message\n", messages, cpu * 1e6 / (double)messages);
-                    return 0;
+                    printf("server: %lld messages, %.1f us of CPU per message\n", messages, messages > 0 ? cpu * 1e6 / (double)messages : 0.0);
+                    return messages > 0 ? 0 : 1;
                 }
                 continue;
             }
             {
                 int whole = (partial[fd] + (int)got) / MESSAGE;
-                partial[fd] = (char)((partial[fd] + (int)got) % MESSAGE);
+                partial[fd] = (partial[fd] + (int)got) % MESSAGE;
                 if (whole == 0) continue;
                 if (messages == 0) cpu_first = cpu_seconds();
                 messages += whole;
@@ -179,7 +180,7 @@ static int server(int port, const char *logpath) {
 static int client(int port, int pairs, double rate, double seconds, int window) {
     static int fds[MAXCONN], inflight[MAXCONN];
     static long long acked[MAXCONN], received[MAXCONN];
-    static char partial[MAXCONN];
+    static int partial[MAXCONN];
     static char msg[MESSAGE], buf[1 << 16];
     struct epoll_event events[256];
     struct sockaddr_in addr;
@@ -236,7 +237,7 @@ static int client(int port, int pairs, double rate, double seconds, int window) 
                 int unit = id % 2 == 0 ? ACK : MESSAGE, whole;
                 if (got <= 0) die("server closed");
                 whole = (partial[id] + (int)got) / unit;
-                partial[id] = (char)((partial[id] + (int)got) % unit);
+                partial[id] = (partial[id] + (int)got) % unit;
                 if (id % 2 == 0) {
                     acked[id] += whole;
                     acks += whole;
@@ -258,6 +259,7 @@ static int client(int port, int pairs, double rate, double seconds, int window) 
 }
 
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error return, not the end */
     if (argc >= 4 && strcmp(argv[1], "server") == 0) return server(atoi(argv[2]), argv[3]);
     if (argc >= 6 && strcmp(argv[1], "client") == 0)
         return client(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), argc > 6 ? atoi(argv[6]) : 32);
