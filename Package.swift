@@ -206,6 +206,8 @@ let package = Package(
             linkerSettings: [.linkedLibrary("pthread")] + pluginLinkerSettings("storage-log")
         ),
 
+        // The folder every test target keeps its files in (Tests/TestSupport).
+        .target(name: "ParleyTestSupport", path: "Tests/TestSupport", swiftSettings: strictSwift),
         .testTarget(
             name: "ServerTests",
             dependencies: [
@@ -225,7 +227,7 @@ let package = Package(
         .testTarget(
             name: "PluginHostTests",
             dependencies: [
-                "PluginHost", "StorageConformance", "ParleyPluginABI", "CSQLite",
+                "PluginHost", "StorageConformance", "ParleyPluginABI", "CSQLite", "ParleyTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Fixtures"],

@@ -2,6 +2,7 @@
 // starts itself, checking that the JSON report holds sane numbers.
 import Foundation
 import ParleyJSON
+import ParleyTestSupport
 import Testing
 
 /// Runs the built parley-bench with `--json` and returns its parsed report.
@@ -111,17 +112,4 @@ struct BenchSmokeTests {
         #expect(run["reconnects_per_second"] > 0 && run["all_synced_ms"] > 0)
         #expect(run["reconnect_p50_ms"] <= run["reconnect_max_ms"])
     }
-}
-
-/// This test process's folder under the system's temporary folder, removed when the process
-/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
-/// one process and share the folder).
-let testRunFolder: URL = {
-    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
-    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
-    return testRunFolderPath()
-}()
-
-private func testRunFolderPath() -> URL {
-    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }

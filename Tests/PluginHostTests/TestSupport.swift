@@ -2,6 +2,7 @@
 import Foundation
 import Logging
 import PluginHost
+import ParleyTestSupport
 import Testing
 
 enum TestSupport {
@@ -69,17 +70,4 @@ enum TestSupport {
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
-}
-
-/// This test process's folder under the system's temporary folder, removed when the process
-/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
-/// one process and share the folder).
-let testRunFolder: URL = {
-    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
-    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
-    return testRunFolderPath()
-}()
-
-private func testRunFolderPath() -> URL {
-    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }

@@ -4,6 +4,7 @@ import Foundation
 import ParleyClient
 import ParleyJSON
 import PluginHost
+import ParleyTestSupport
 import Testing
 
 /// A parleyd process on loopback with its own data folder.
@@ -90,19 +91,6 @@ func runProgram(_ path: String, _ arguments: [String], environment: [String: Str
 /// A folder path, not yet made, in the test run's folder.
 func scratchFolder() -> URL {
     testRunFolder.appendingPathComponent(UUID().uuidString)
-}
-
-/// This test process's folder under the system's temporary folder, removed when the process
-/// exits, so a test run leaves nothing behind. Each test target has this helper (they run in
-/// one process and share the folder).
-let testRunFolder: URL = {
-    atexit { try? FileManager.default.removeItem(at: testRunFolderPath()) }
-    try? FileManager.default.createDirectory(at: testRunFolderPath(), withIntermediateDirectories: true)
-    return testRunFolderPath()
-}()
-
-private func testRunFolderPath() -> URL {
-    FileManager.default.temporaryDirectory.appendingPathComponent("parley-tests-\(getpid())")
 }
 
 @Suite("Processes", .serialized)
