@@ -479,6 +479,20 @@ static void value_of(char *out, size_t size, int round, int key) {
     out[size - 1] = '\0';
 }
 
+/* Checks that keys PREFIX00 to PREFIX(count-1) hold round's values after compaction. */
+static void check_values(void *inst, const char *prefix, int count, int round) {
+    char key[16], expect[2000];
+    int k;
+    for (k = 0; k < count; k++) {
+        const char *got;
+        snprintf(key, sizeof key, "%s%02d", prefix, k);
+        value_of(expect, sizeof expect, round, k);
+        got = get(inst, key);
+        CHECK(got != NULL && strncmp(got, expect, 200) == 0, "key %s after compaction is %.12s", key,
+              got != NULL ? got : "(none)");
+    }
+}
+
 /* Writes rounds of 20 keys (2 KB values) in 1 MiB segments until the snapshot is taken, then
  * recovers the snapshot: it holds exactly the puts acknowledged before it, and takes writes. */
 static void run_tear(const char *name, int mode) {
@@ -639,7 +653,7 @@ static int compacted(const char *folder) {
  * writes succeed again the space is reclaimed. (Before, the first failure marked the segment
  * "never compact again", and an idle writer never retried.) */
 static void test_compaction_io_error_is_retried(void) {
-    char folder[600], key[12], v[2000], expect[2000];
+    char folder[600], key[12], v[2000];
     void *inst;
     int i, k, waited, failed_before;
     unsigned lowest, highest;
@@ -677,22 +691,8 @@ static void test_compaction_io_error_is_retried(void) {
           highest);
     slog_destroy(inst);
     inst = open_store(folder);
-    for (k = 0; k < 20; k++) {
-        const char *got;
-        snprintf(key, sizeof key, "k%02d", k);
-        value_of(expect, sizeof expect, 149, k);
-        got = get(inst, key);
-        CHECK(got != NULL && strncmp(got, expect, 200) == 0, "key %s after compaction is %.12s", key,
-              got != NULL ? got : "(none)");
-    }
-    for (k = 0; k < 100; k++) {
-        const char *got;
-        snprintf(key, sizeof key, "keep%02d", k);
-        value_of(expect, sizeof expect, 77777, k);
-        got = get(inst, key);
-        CHECK(got != NULL && strncmp(got, expect, 200) == 0, "key %s after compaction is %.12s", key,
-              got != NULL ? got : "(none)");
-    }
+    check_values(inst, "k", 20, 149);
+    check_values(inst, "keep", 100, 77777);
     slog_destroy(inst);
     config_segment_mb = NULL;
 }
