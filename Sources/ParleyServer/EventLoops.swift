@@ -10,14 +10,21 @@ enum EventLoops {
     /// message on their hand-offs (docs/BENCHMARKS.md, fifth series). NIO's own
     /// `NIO_SINGLETON_GROUP_LOOP_COUNT`, when set, still decides.
     static let group: MultiThreadedEventLoopGroup = {
-        guard getenv("NIO_SINGLETON_GROUP_LOOP_COUNT") == nil, let usable = usableCPUs(), usable < System.coreCount else {
+        guard getenv("NIO_SINGLETON_GROUP_LOOP_COUNT") == nil, let usable = usableCPUs, usable < System.coreCount else {
             return .singleton
         }
         return MultiThreadedEventLoopGroup(numberOfThreads: usable)
     }()
 
-    /// How many CPUs the process's affinity mask allows; nil when it cannot be read.
-    static func usableCPUs() -> Int? {
+    /// For the start-up log: the loops, and the CPUs they were counted from.
+    static var summary: String {
+        "\(Array(group.makeIterator()).count) (CPUs this process may use: \(usableCPUs.map(String.init) ?? "unknown") of \(System.coreCount))"
+    }
+
+    /// How many CPUs the process's affinity mask allows (nil when it cannot be read), read once.
+    private static let usableCPUs: Int? = readAffinity()
+
+    private static func readAffinity() -> Int? {
         // Glibc's module leaves out the GNU-only sched_getaffinity; look it up at run time.
         typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutablePointer<cpu_set_t>) -> Int32
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_getaffinity") else { return nil }

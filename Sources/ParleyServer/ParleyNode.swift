@@ -62,7 +62,7 @@ public final class ParleyNode: Sendable {
             throw error
         }
         let group = EventLoops.group
-        logger.info("event loops: \(Array(group.makeIterator()).count) (CPUs this process may use: \(EventLoops.usableCPUs().map(String.init) ?? "unknown") of \(System.coreCount))")
+        logger.info("event loops: \(EventLoops.summary)")
         var chatListener: ChatListener?
         let scheme = tls == nil ? "ws" : "wss"
         do {
