@@ -49,8 +49,8 @@ let benchmarks: @Sendable () -> Void = {
         let record = Samples.record()
         for _ in benchmark.scaledIterations {
             var out = ByteBufferAllocator().buffer(capacity: 1_024)
-            WebSocketFrames.append(opcode: WebSocketFrames.text, ByteBuffer(bytes: ChatFrames.ack(id: "r-42", ack)), to: &out)
-            WebSocketFrames.append(opcode: WebSocketFrames.text, ChatFrames.messageEvent(record), to: &out)
+            FramePayload.bytes(ChatFrames.ack(id: "r-42", ack)).appendFrame(opcode: WebSocketFrames.text, to: &out)
+            ChatFrames.messageEvent(record).appendFrame(opcode: WebSocketFrames.text, to: &out)
             blackHole(out)
         }
     }

@@ -379,6 +379,9 @@ public final class MessageLog: Sendable {
         let conversation = batch.conversation
         let timestamp = currentTimeMillis()
         var result = BatchWrites(writes: StorageBatch(capacity: batch.pending.count * 2 + 4), lastSequence: batch.after, members: batch.members)
+        result.included.reserveCapacity(batch.pending.count)
+        result.acks.reserveCapacity(batch.pending.count)
+        result.clientIDWrites.reserveCapacity(batch.pending.count)
         let partition = StorageBytes.utf8(conversation.rawValue)
         var firstOfClientID: [ClientRef: Int] = [:]
         firstOfClientID.reserveCapacity(batch.pending.count)
@@ -578,7 +581,10 @@ public final class MessageLog: Sendable {
     }
 
     private static func record(_ request: SendRequest, body: String, sequence: Int64, timestamp: Int64) -> [UInt8] {
-        var writer = JSONWriter(capacity: 160 + body.utf8.count)
+        // Keys, punctuation and numbers take about 130 bytes; sized whole, the record never regrows.
+        let strings = request.conversation.rawValue.utf8.count + request.sender.userID.utf8.count + request.sender.deviceID.utf8.count
+            + request.sender.username.utf8.count + request.clientID.utf8.count + request.contentType.utf8.count + body.utf8.count
+        var writer = JSONWriter(capacity: 160 + strings)
         writer.beginObject()
         writer.field("conversation", request.conversation.rawValue)
         writer.field("seq", sequence)

@@ -359,7 +359,8 @@ public struct JSONWriter {
     /// `{"type":…,"id":…, then the fields}`: the shape of every request and reply frame of
     /// the chat protocol (a null `id` for events and unnamed replies).
     public static func frame(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
-        var writer = JSONWriter(capacity: 128)
+        // An ack, the most frequent frame, takes about 180 bytes: room for it from the start.
+        var writer = JSONWriter(capacity: 256)
         writer.beginObject()
         writer.field("type", type)
         writer.field("id", id)

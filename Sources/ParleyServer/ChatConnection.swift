@@ -52,10 +52,10 @@ public final class ChatConnection: @unchecked Sendable {
 
     /// Queues a text frame; safe from any thread.
     func send(_ bytes: [UInt8]) {
-        send(ByteBuffer(bytes: bytes))
+        send(.bytes(bytes))
     }
 
-    func send(_ payload: ByteBuffer) {
+    func send(_ payload: FramePayload) {
         writer.send(payload, to: self)
     }
 
@@ -64,7 +64,7 @@ public final class ChatConnection: @unchecked Sendable {
     var writable = true
 
     /// Encodes a text frame into the pending buffer. On the event loop.
-    func append(_ payload: ByteBuffer) {
+    func append(_ payload: FramePayload) {
         guard admit(frames: 1) else { return }
         encode(opcode: WebSocketFrames.text, payload)
     }
@@ -101,7 +101,7 @@ public final class ChatConnection: @unchecked Sendable {
     /// Sends a control frame (ping, pong) at once. On the event loop.
     func sendControl(opcode: UInt8, _ payload: ByteBuffer) {
         guard socketContext != nil, !closing else { return }
-        encode(opcode: opcode, payload)
+        encode(opcode: opcode, .buffer(payload))
         flushPending()
     }
 
@@ -114,10 +114,10 @@ public final class ChatConnection: @unchecked Sendable {
     }
 
     /// Appends a whole frame to the pending buffer; a server's frames are not masked.
-    private func encode(opcode: UInt8, _ payload: ByteBuffer) {
+    private func encode(opcode: UInt8, _ payload: FramePayload) {
         // Taken out and put back: one access to the stored property instead of one per write.
-        var buffer = pending.take() ?? channel.allocator.buffer(capacity: max(2048, payload.readableBytes + 10))
-        WebSocketFrames.append(opcode: opcode, payload, to: &buffer)
+        var buffer = pending.take() ?? channel.allocator.buffer(capacity: max(2048, payload.count + 10))
+        payload.appendFrame(opcode: opcode, to: &buffer)
         pending = buffer
     }
 
@@ -169,7 +169,7 @@ public final class ChatConnection: @unchecked Sendable {
         data.write(webSocketErrorCode: code)
         // A control frame carries at most 125 bytes: the code and up to 123 of the reason.
         data.writeBytes(reason.utf8.prefix(123))
-        encode(opcode: WebSocketFrames.close, data)
+        encode(opcode: WebSocketFrames.close, .buffer(data))
         closing = true
         let frames = pending!
         pending = nil
@@ -207,7 +207,7 @@ public enum ChatCloseCode {
 /// connection that gets another frame in the middle of the run) get them one by one, in order.
 final class LoopWriter: @unchecked Sendable {
     private enum Delivery {
-        case one(ChatConnection, ByteBuffer)
+        case one(ChatConnection, FramePayload)
         /// One frame to these connections of the loop, but `except`.
         case many(ByteBuffer, [ChatConnection], except: ChatConnection?)
         /// A close frame, after the frames handed over before it.
@@ -314,7 +314,21 @@ final class LoopWriter: @unchecked Sendable {
     }
 
     /// Sends one frame to many connections but `except`, with one hand-over per event loop.
-    static func send(_ payload: ByteBuffer, to connections: [ChatConnection], except: ChatConnection?) {
+    static func send(_ payload: FramePayload, to connections: [ChatConnection], except: ChatConnection?) {
+        // One connection to reach (a direct message's receiver, most often): its frame goes
+        // into its pending buffer as it is, with no shared buffer or run.
+        var targets = 0
+        var last: ChatConnection?
+        for connection in connections where connection !== except {
+            targets += 1
+            last = connection
+        }
+        guard let last else { return }
+        if targets == 1 {
+            last.writer.hand(.one(last, payload))
+            return
+        }
+        let frame = payload.buffer
         var byWriter: [(LoopWriter, [ChatConnection])] = []
         for connection in connections {
             if let index = byWriter.firstIndex(where: { $0.0 === connection.writer }) {
@@ -325,11 +339,11 @@ final class LoopWriter: @unchecked Sendable {
         }
         // A loop whose only connection is `except` (a sender's, for a direct message) gets nothing.
         for (writer, connections) in byWriter where !(connections.count == 1 && connections[0] === except) {
-            writer.hand(.many(payload, connections, except: except))
+            writer.hand(.many(frame, connections, except: except))
         }
     }
 
-    func send(_ payload: ByteBuffer, to connection: ChatConnection) {
+    func send(_ payload: FramePayload, to connection: ChatConnection) {
         hand(.one(connection, payload))
     }
 

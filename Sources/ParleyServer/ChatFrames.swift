@@ -3,6 +3,7 @@
 package import NIOCore
 import ParleyJSON
 package import ParleyCore
+import ParleyWebSocket
 
 package enum ChatFrames {
     static func error(id: String?, _ error: ChatError) -> [UInt8] {
@@ -22,21 +23,10 @@ package enum ChatFrames {
         }
     }
 
-    /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged,
-    /// built once into the buffer every recipient's connection shares.
-    package static func messageEvent(_ record: [UInt8]) -> ByteBuffer { event("message", record) }
+    /// `{"type":"message","message":RECORD}`: the stored record spliced in unchanged.
+    package static func messageEvent(_ record: [UInt8]) -> FramePayload { .event("message", record) }
 
-    static func toDeviceEvent(_ record: [UInt8]) -> ByteBuffer { event("to_device", record) }
-
-    private static func event(_ type: StaticString, _ record: [UInt8]) -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: record.count + 40)
-        buffer.writeStaticString("{\"type\":\"")
-        buffer.writeStaticString(type)
-        buffer.writeStaticString("\",\"message\":")
-        buffer.writeBytes(record)
-        buffer.writeInteger(UInt8(ascii: "}"))
-        return buffer
-    }
+    static func toDeviceEvent(_ record: [UInt8]) -> FramePayload { .event("to_device", record) }
 
     static func user(_ writer: inout JSONWriter, _ key: String, _ profile: UserProfile) {
         writer.beginObject(key)
@@ -44,5 +34,56 @@ package enum ChatFrames {
         writer.field("username", profile.username)
         writer.field("display_name", profile.displayName)
         writer.endObject()
+    }
+}
+
+/// A text frame's payload on its way to connections. Bytes built for one connection and a
+/// stored record spliced into an event are written straight into the connection's pending
+/// buffer, with no buffer of their own on the way; a fan-out to several connections builds
+/// one buffer that they all share (`buffer`).
+package enum FramePayload: Sendable {
+    case bytes([UInt8])
+    case buffer(ByteBuffer)
+    /// `{"type":"TYPE","message":RECORD}`, the record spliced in unchanged.
+    case event(StaticString, [UInt8])
+
+    package var count: Int {
+        switch self {
+        case .bytes(let bytes): bytes.count
+        case .buffer(let buffer): buffer.readableBytes
+        case .event(let type, let record): Self.eventOverhead + type.utf8CodeUnitCount + record.count
+        }
+    }
+
+    /// `{"type":"` `","message":` `}`
+    private static let eventOverhead = 9 + 12 + 1
+
+    /// The payload in a buffer of its own.
+    package var buffer: ByteBuffer {
+        if case .buffer(let buffer) = self { return buffer }
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        write(to: &buffer)
+        return buffer
+    }
+
+    /// Appends a whole unmasked frame (a server's) with this payload.
+    package func appendFrame(opcode: UInt8, to buffer: inout ByteBuffer) {
+        WebSocketFrames.appendHeader(opcode: opcode, length: count, masked: false, to: &buffer)
+        write(to: &buffer)
+    }
+
+    private func write(to buffer: inout ByteBuffer) {
+        switch self {
+        case .bytes(let bytes):
+            buffer.writeBytes(bytes)
+        case .buffer(let payload):
+            buffer.writeImmutableBuffer(payload)
+        case .event(let type, let record):
+            buffer.writeStaticString("{\"type\":\"")
+            buffer.writeStaticString(type)
+            buffer.writeStaticString("\",\"message\":")
+            buffer.writeBytes(record)
+            buffer.writeInteger(UInt8(ascii: "}"))
+        }
     }
 }

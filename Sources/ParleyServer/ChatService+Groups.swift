@@ -65,7 +65,7 @@ extension ChatService {
             guard let typing = fields["typing"]?.boolValue else { throw .invalid("'typing' must be true or false") }
             run(connection, id: id) { () throws(ChatError) in
                 let recipients = try await self.currentMembers(of: conversation, for: session).current
-                let event = ByteBuffer(bytes: JSONWriter.frame("typing", id: nil) { writer in
+                let event = FramePayload.bytes(JSONWriter.frame("typing", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("user", session.userID)
                     writer.field("username", session.username)
@@ -82,7 +82,7 @@ extension ChatService {
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.readableMembers(of: conversation, for: session)
                 let (cursor, moved) = try await self.receipts.advance(conversation, userID: session.userID, kind: kind, to: sequence)
-                let event = ByteBuffer(bytes: JSONWriter.frame("receipt", id: nil) { writer in
+                let event = FramePayload.bytes(JSONWriter.frame("receipt", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)
                     writer.field("user", session.userID)
                     writer.field("username", session.username)

@@ -32,8 +32,7 @@ public final class ChatService: Sendable {
         let registry = ConnectionRegistry()
         self.registry = registry
         presence = PresenceTracker(storage: storage, grace: presenceGrace, logger: logger) { userID, frame in
-            let buffer = ByteBuffer(bytes: frame)
-            for connection in registry.connections(of: userID) { connection.send(buffer) }
+            for connection in registry.connections(of: userID) { connection.send(frame) }
         }
         self.toDevice = toDevice
         self.metrics = metrics
@@ -277,7 +276,7 @@ public final class ChatService: Sendable {
     /// Sends one frame to every open connection of these users but `except`, with one
     /// hand-over per event loop; returns how many connections it went to.
     @discardableResult
-    func fanOut(_ frame: ByteBuffer, to users: [String], except: ChatConnection?) -> Int {
+    func fanOut(_ frame: FramePayload, to users: [String], except: ChatConnection?) -> Int {
         let connections = registry.connections(of: users)
         LoopWriter.send(frame, to: connections, except: except)
         return connections.count - (except.map { except in connections.contains { $0 === except } ? 1 : 0 } ?? 0)

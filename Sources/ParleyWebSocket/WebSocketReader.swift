@@ -151,17 +151,7 @@ public enum WebSocketFrames {
     /// 5.2), and the payload, masked with `key` when one is given (a client's frames).
     public static func append(opcode: UInt8, _ payload: ByteBuffer, to buffer: inout ByteBuffer, key: (UInt8, UInt8, UInt8, UInt8)? = nil) {
         let length = payload.readableBytes
-        let maskBit: UInt8 = key == nil ? 0 : 0x80
-        buffer.writeInteger(0x80 | opcode)
-        if length < 126 {
-            buffer.writeInteger(maskBit | UInt8(length))
-        } else if length <= Int(UInt16.max) {
-            buffer.writeInteger(maskBit | 126)
-            buffer.writeInteger(UInt16(length))
-        } else {
-            buffer.writeInteger(maskBit | 127)
-            buffer.writeInteger(UInt64(length))
-        }
+        appendHeader(opcode: opcode, length: length, masked: key != nil, to: &buffer)
         guard let key else {
             buffer.writeImmutableBuffer(payload)
             return
@@ -171,6 +161,22 @@ public enum WebSocketFrames {
         buffer.writeImmutableBuffer(payload)
         buffer.withUnsafeMutableReadableBytes { bytes in
             mask(UnsafeMutableRawBufferPointer(rebasing: bytes[start..<(start + length)]), key: key)
+        }
+    }
+
+    /// Appends a frame's header: FIN and the opcode, then the payload length in the shortest
+    /// form, with the mask bit when a masking key follows. The payload comes next, `length` bytes.
+    public static func appendHeader(opcode: UInt8, length: Int, masked: Bool, to buffer: inout ByteBuffer) {
+        let maskBit: UInt8 = masked ? 0x80 : 0
+        buffer.writeInteger(0x80 | opcode)
+        if length < 126 {
+            buffer.writeInteger(maskBit | UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            buffer.writeInteger(maskBit | 126)
+            buffer.writeInteger(UInt16(length))
+        } else {
+            buffer.writeInteger(maskBit | 127)
+            buffer.writeInteger(UInt64(length))
         }
     }
 

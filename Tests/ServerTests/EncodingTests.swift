@@ -3,6 +3,7 @@
 import NIOCore
 import ParleyCore
 import ParleyJSON
+import ParleyServer
 import ParleyWebSocket
 import Testing
 
@@ -128,6 +129,30 @@ struct EncodingTests {
                 WebSocketFrames.append(opcode: WebSocketFrames.text, payload, to: &frame, key: masked ? (1, 2, 3, 4) : nil)
                 other.append(&frame)
                 #expect(throws: WebSocketReader.Failure.self) { _ = try other.next() }
+            }
+        }
+    }
+
+    /// A payload given as bytes, as a buffer or as a record spliced into an event frames the
+    /// same bytes, with the length its header gives, for every length form of the header.
+    @Test func framePayloadsFrameTheirBytesInEveryForm() throws {
+        for length in [0, 60, 200, 70_000] {
+            let record = Array("{\"body\":\"\(String(repeating: "a", count: length))\"}".utf8)
+            let event = Array("{\"type\":\"message\",\"message\":".utf8) + record + Array("}".utf8)
+            for payload in [FramePayload.event("message", record), .bytes(event), .buffer(ByteBuffer(bytes: event))] {
+                #expect(payload.count == event.count)
+                #expect(Array(payload.buffer.readableBytesView) == event)
+                var frame = ByteBuffer(bytes: [0xAB])
+                payload.appendFrame(opcode: WebSocketFrames.text, to: &frame)
+                #expect(frame.readInteger(as: UInt8.self) == 0xAB)
+                var reader = WebSocketReader(maxMessageBytes: 1 << 20, masked: false)
+                reader.append(&frame)
+                guard case .text(let text) = try reader.next() else {
+                    Issue.record("length \(length), \(payload): no text frame")
+                    continue
+                }
+                #expect(Array(text.readableBytesView) == event, "length \(length), \(payload)")
+                #expect(try reader.next() == nil)
             }
         }
     }
