@@ -55,6 +55,14 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The JSON record of a stored message, which a plugin worker builds per send and the
+    // message event then carries unchanged.
+    Benchmark("record encode: a stored message's JSON") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(Samples.record())
+        }
+    }
+
     // The storage writes of a batch of 16 messages to one direct conversation, built in the
     // memory handed to the plugin, as the message log builds them: per message its client-id
     // row and its record; per batch the sender's read cursor and both users' summaries.

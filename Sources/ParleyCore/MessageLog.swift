@@ -346,7 +346,7 @@ public final class MessageLog: Sendable {
     }
 
     /// A client id's sort key within its conversation: the sender's user id, a zero byte, the client id.
-    private static func clientSortKey(_ request: SendRequest) -> StorageBytes {
+    private static func clientSortKey(_ request: borrowing SendRequest) -> StorageBytes {
         .joined(request.sender.userID, request.clientID)
     }
 
@@ -496,6 +496,12 @@ public final class MessageLog: Sendable {
         return writer.bytes
     }
 
+    /// Answers each stored send with its ack and the message to deliver. By index: a `zip`
+    /// of the two arrays copies each answer through unspecialized generic code.
+    private static func answer(_ built: BatchWrites) {
+        for index in built.included.indices { built.included[index].resume(returning: .success(built.acks[index])) }
+    }
+
     /// Writes one batch, started on a plugin worker. On a client-id conflict (a resend
     /// of a message stored earlier) that send is answered as a duplicate and the rest
     /// go back to the head of the queue; on a message conflict (another node wrote the
@@ -504,7 +510,7 @@ public final class MessageLog: Sendable {
         let built = build(batch)
         guard built.lastSequence > batch.after else {
             // Nothing to store: every send failed, or only duplicates of each other remained.
-            for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
+            Self.answer(built)
             finishWrite(batch.conversation, storedUpTo: nil, members: nil, requeue: [])
             return
         }
@@ -514,7 +520,7 @@ public final class MessageLog: Sendable {
                 // Answer (and so deliver) this batch before the next one can start: a plugin that
                 // completes on the worker thread would otherwise let another worker store and
                 // deliver the next sequences while these are still being handed out.
-                for (pending, ack) in zip(built.included, built.acks) { pending.resume(returning: .success(ack)) }
+                Self.answer(built)
                 finishWrite(batch.conversation, storedUpTo: built.lastSequence, members: built.members, requeue: [])
             case .failure(let error):
                 if error.status == .conflict, case .plugin(_, _, _, let index?) = error, let owner = built.clientIDWrites.first(where: { $0.write == index })?.owner {
@@ -580,7 +586,7 @@ public final class MessageLog: Sendable {
         }
     }
 
-    private static func record(_ request: SendRequest, body: String, sequence: Int64, timestamp: Int64) -> [UInt8] {
+    private static func record(_ request: borrowing SendRequest, body: String, sequence: Int64, timestamp: Int64) -> [UInt8] {
         // Keys, punctuation and numbers take about 130 bytes; sized whole, the record never regrows.
         let strings = request.conversation.rawValue.utf8.count + request.sender.userID.utf8.count + request.sender.deviceID.utf8.count
             + request.sender.username.utf8.count + request.clientID.utf8.count + request.contentType.utf8.count + body.utf8.count

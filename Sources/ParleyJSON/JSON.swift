@@ -330,16 +330,29 @@ public struct JSONStringPairs: Sendable {
     }
 }
 
-/// Builds compact JSON text into a byte array, in the order fields are added.
-public struct JSONWriter {
-    public private(set) var bytes: [UInt8] = []
+/// Builds compact JSON text, in the order fields are added, then hands it out as bytes.
+///
+/// The text is written through a pointer into memory the writer owns, with one capacity
+/// check per piece: appending to an array instead checked its uniqueness and capacity per
+/// byte and went through generic code, which made a message's record cost about a
+/// microsecond. Noncopyable, since it owns that memory.
+public struct JSONWriter: ~Copyable {
+    private var base: UnsafeMutablePointer<UInt8>
+    private var count = 0
+    private var capacity: Int
     /// Bit d is set once the container open at depth d + 1 has an element.
     private var hasElement: UInt64 = 0
     private var depth = 0
 
     public init(capacity: Int = 256) {
-        bytes.reserveCapacity(capacity)
+        self.capacity = max(16, capacity)
+        base = .allocate(capacity: self.capacity)
     }
+
+    deinit { base.deallocate() }
+
+    /// The JSON text written so far.
+    public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
 
     public mutating func beginObject() { separator(); open(UInt8(ascii: "{")) }
     public mutating func endObject() { close(UInt8(ascii: "}")) }
@@ -373,42 +386,42 @@ public struct JSONWriter {
     public mutating func element(_ value: String) { separator(); appendString(value) }
 
     /// Appends already-encoded JSON as an array element.
-    public mutating func rawElement(_ json: [UInt8]) { separator(); bytes.append(contentsOf: json) }
+    public mutating func rawElement(_ json: [UInt8]) { separator(); append(json) }
 
     /// Appends already-encoded JSON as the value of key.
-    public mutating func rawField(_ key: String, _ json: [UInt8]) { self.key(key); bytes.append(contentsOf: json) }
+    public mutating func rawField(_ key: String, _ json: [UInt8]) { self.key(key); append(json) }
 
     private mutating func open(_ bracket: UInt8) {
         precondition(depth < 64, "JSONWriter nests at most 64 levels")
-        bytes.append(bracket)
+        append(bracket)
         depth += 1
         hasElement &= ~(1 << UInt64(depth - 1))
     }
 
     private mutating func close(_ bracket: UInt8) {
-        bytes.append(bracket)
+        append(bracket)
         depth -= 1
     }
 
     private mutating func separator() {
         guard depth > 0 else { return }
         let bit: UInt64 = 1 << UInt64(depth - 1)
-        if hasElement & bit != 0 { bytes.append(UInt8(ascii: ",")) }
+        if hasElement & bit != 0 { append(UInt8(ascii: ",")) }
         hasElement |= bit
     }
 
     private mutating func key(_ key: String) {
         separator()
         appendString(key)
-        bytes.append(UInt8(ascii: ":"))
+        append(UInt8(ascii: ":"))
     }
 
     private mutating func appendASCII(_ text: StaticString) {
-        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        text.withUTF8Buffer { append(UnsafeRawBufferPointer($0)) }
     }
 
     private mutating func appendInteger(_ value: Int64) {
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        if value < 0 { append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
         var count = 0
@@ -418,7 +431,7 @@ public struct JSONWriter {
                 buffer[24 - count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
                 magnitude /= 10
             } while magnitude > 0
-            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[(24 - count)...]))
+            append(UnsafeRawBufferPointer(rebasing: buffer[(24 - count)...]))
         }
     }
 
@@ -447,30 +460,77 @@ public struct JSONWriter {
     }
 
     /// Appends a quoted string: in one copy when nothing needs escaping (the usual case),
-    /// else byte by byte.
+    /// else byte by byte. Read in place, without a copy of the string.
     private mutating func appendString(_ text: String) {
-        bytes.append(UInt8(ascii: "\""))
-        var text = text
-        text.withUTF8 { utf8 in
-            if !Self.needsEscaping(utf8) {
-                bytes.append(contentsOf: utf8)
-                return
-            }
-            for byte in utf8 {
-                switch byte {
-                case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5C, 0x22])
-                case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5C, 0x5C])
-                case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-                case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-                case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-                case 0..<0x20:
-                    bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
-                    bytes.append(Self.hexDigits[Int(byte >> 4)])
-                    bytes.append(Self.hexDigits[Int(byte & 0xF)])
-                default: bytes.append(byte)
-                }
+        append(UInt8(ascii: "\""))
+        if text.utf8.withContiguousStorageIfAvailable({ appendEscaping($0) }) == nil {
+            var text = text
+            text.withUTF8 { appendEscaping($0) }
+        }
+        append(UInt8(ascii: "\""))
+    }
+
+    private mutating func appendEscaping(_ utf8: UnsafeBufferPointer<UInt8>) {
+        if !Self.needsEscaping(utf8) {
+            append(UnsafeRawBufferPointer(utf8))
+            return
+        }
+        for byte in utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): append(0x5C, 0x22)
+            case UInt8(ascii: "\\"): append(0x5C, 0x5C)
+            case 0x0A: append(0x5C, UInt8(ascii: "n"))
+            case 0x0D: append(0x5C, UInt8(ascii: "r"))
+            case 0x09: append(0x5C, UInt8(ascii: "t"))
+            case 0..<0x20:
+                append(0x5C, UInt8(ascii: "u"))
+                append(UInt8(ascii: "0"), UInt8(ascii: "0"))
+                append(Self.hexDigits[Int(byte >> 4)], Self.hexDigits[Int(byte & 0xF)])
+            default: append(byte)
             }
         }
-        bytes.append(UInt8(ascii: "\""))
+    }
+
+    // The only writes to the memory: each makes room first.
+
+    @inline(__always)
+    private mutating func append(_ byte: UInt8) {
+        reserve(1)
+        base[count] = byte
+        count += 1
+    }
+
+    @inline(__always)
+    private mutating func append(_ first: UInt8, _ second: UInt8) {
+        reserve(2)
+        base[count] = first
+        base[count + 1] = second
+        count += 2
+    }
+
+    @inline(__always)
+    private mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
+        reserve(bytes.count)
+        UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: bytes.count)
+        count += bytes.count
+    }
+
+    private mutating func append(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { append($0) }
+    }
+
+    @inline(__always)
+    private mutating func reserve(_ extra: Int) {
+        if count + extra > capacity { grow(toHold: count + extra) }
+    }
+
+    private mutating func grow(toHold needed: Int) {
+        let grown = max(needed, capacity * 2)
+        let memory = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
+        memory.initialize(from: base, count: count)
+        base.deallocate()
+        base = memory
+        capacity = grown
     }
 }
