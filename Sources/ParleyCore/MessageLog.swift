@@ -437,7 +437,7 @@ public final class MessageLog: Sendable {
             firstOfClientID[ref] = result.included.count
             result.lastSequence += 1
             let sequence = result.lastSequence
-            let record = Self.record(pending.request, body: body, sequence: sequence, timestamp: timestamp)
+            let record = Self.record(pending, body: body, sequence: sequence, timestamp: timestamp)
             result.clientIDWrites.append((result.writes.count, result.included.count))
             result.writes.add(.putIfAbsent, table: StorageLayout.clientIDs, partition: partition, sort: Self.clientSortKey(pending.request), value: .sequences(sequence, timestamp))
             // Put-if-absent: if another node wrote this sequence, reload and retry instead of overwriting.
@@ -586,20 +586,21 @@ public final class MessageLog: Sendable {
         }
     }
 
-    private static func record(_ request: borrowing SendRequest, body: String, sequence: Int64, timestamp: Int64) -> [UInt8] {
+    /// Takes the pending send, not its request: passing `pending.request` copied the whole request.
+    private static func record(_ pending: Pending, body: String, sequence: Int64, timestamp: Int64) -> [UInt8] {
         // Keys, punctuation and numbers take about 130 bytes; sized whole, the record never regrows.
-        let strings = request.conversation.rawValue.utf8.count + request.sender.userID.utf8.count + request.sender.deviceID.utf8.count
-            + request.sender.username.utf8.count + request.clientID.utf8.count + request.contentType.utf8.count + body.utf8.count
+        let strings = pending.request.conversation.rawValue.utf8.count + pending.request.sender.userID.utf8.count + pending.request.sender.deviceID.utf8.count
+            + pending.request.sender.username.utf8.count + pending.request.clientID.utf8.count + pending.request.contentType.utf8.count + body.utf8.count
         var writer = JSONWriter(capacity: 160 + strings)
         writer.beginObject()
-        writer.field("conversation", request.conversation.rawValue)
+        writer.field("conversation", pending.request.conversation.rawValue)
         writer.field("seq", sequence)
         writer.field("ts", timestamp)
-        writer.field("from", request.sender.userID)
-        writer.field("from_device", request.sender.deviceID)
-        writer.field("sender", request.sender.username)
-        writer.field("client_id", request.clientID)
-        writer.field("content_type", request.contentType)
+        writer.field("from", pending.request.sender.userID)
+        writer.field("from_device", pending.request.sender.deviceID)
+        writer.field("sender", pending.request.sender.username)
+        writer.field("client_id", pending.request.clientID)
+        writer.field("content_type", pending.request.contentType)
         writer.field("body", body)
         writer.endObject()
         return writer.bytes

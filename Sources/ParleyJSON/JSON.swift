@@ -215,6 +215,12 @@ public struct JSONParser {
         // Fast path: no escapes. ASCII needs no UTF-8 validation, which costs three times the
         // copy (most keys and values of chat frames are ASCII).
         var highBits: UInt8 = 0
+        // Eight bytes at a time while none is a quote, a backslash, a control byte or beyond ASCII.
+        while index + 8 <= bytes.count {
+            let word = bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            if JSONWords.needsEscaping(word) || word & JSONWords.highs != 0 { break }
+            index += 8
+        }
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
@@ -317,6 +323,20 @@ public struct JSONParser {
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
         guard let number = Double(text) else { throw error("invalid number") }
         return number
+    }
+}
+
+/// Tests on eight bytes at once, for the scans of strings: the exact "some byte is zero" and
+/// "some byte is below n" tests (no false positives, unlike the shorter forms).
+enum JSONWords {
+    static let ones: UInt64 = 0x0101_0101_0101_0101
+    static let highs: UInt64 = 0x8080_8080_8080_8080
+
+    static func hasZero(_ word: UInt64) -> Bool { (word &- ones) & ~word & highs != 0 }
+
+    /// Some byte is a control byte (below 0x20), a quote or a backslash.
+    static func needsEscaping(_ word: UInt64) -> Bool {
+        (word &- ones &* 0x20) & ~word & highs != 0 || hasZero(word ^ (ones &* 0x22)) || hasZero(word ^ (ones &* 0x5C))
     }
 }
 
@@ -437,17 +457,14 @@ public struct JSONWriter: ~Copyable {
 
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
-    /// Whether any byte is a control byte, a quote or a backslash: eight bytes at a time,
-    /// with the exact tests for "some byte is zero" and "some byte is below n".
+    /// Whether any byte is a control byte, a quote or a backslash: eight bytes at a time
+    /// (`JSONWords`), then one at a time.
     static func needsEscaping(_ utf8: UnsafeBufferPointer<UInt8>) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
-        func hasZero(_ word: UInt64) -> Bool { (word &- ones) & ~word & highs != 0 }
         var index = 0
         if let base = utf8.baseAddress {
             let raw = UnsafeRawPointer(base)
             while index + 8 <= utf8.count {
-                let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-                if (word &- ones &* 0x20) & ~word & highs != 0 || hasZero(word ^ (ones &* 0x22)) || hasZero(word ^ (ones &* 0x5C)) { return true }
+                if JSONWords.needsEscaping(raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)) { return true }
                 index += 8
             }
         }

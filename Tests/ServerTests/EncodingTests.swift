@@ -66,6 +66,27 @@ struct EncodingTests {
         }
     }
 
+    /// The parser skips plain bytes of a string eight at a time: every ASCII byte, escaped as
+    /// JSON requires, at every position of a word and of the tail, reads back as it was, and a
+    /// raw control byte anywhere is refused.
+    @Test func everyByteOfAStringReadsBackAtEveryPosition() throws {
+        for byte in UInt8(0)..<0x80 {
+            for position in 0..<19 {
+                let text = String(repeating: "a", count: position) + String(UnicodeScalar(byte)) + String(repeating: "é", count: (18 - position) / 2) + "z"
+                var writer = JSONWriter()
+                writer.beginObject()
+                writer.field("text", text)
+                writer.endObject()
+                #expect(JSONParser.flatStringObject(writer.bytes)?["text"] == text, "byte \(byte) at \(position)")
+                #expect(try JSONParser.parse(writer.bytes).objectValue?["text"]?.stringValue == text, "byte \(byte) at \(position)")
+                guard byte < 0x20 else { continue }
+                let raw = Array(#"{"text":""#.utf8) + Array(String(repeating: "a", count: position).utf8) + [byte] + Array(#"bcdefghij"}"#.utf8)
+                #expect(JSONParser.flatStringObject(raw) == nil, "raw byte \(byte) at \(position)")
+                #expect(throws: JSONParseError.self) { try JSONParser.parse(raw) }
+            }
+        }
+    }
+
     @Test func flatObjectsOfStringsAreReadInPlaceAndAnythingElseIsLeftToTheFullParser() {
         let pairs = JSONParser.flatStringObject(Array(#" { "type" : "send", "body":"a\"b\n\u00e9", "type":"again" } "#.utf8))
         #expect(pairs?["type"] == "again", "a key given twice means its last value, as in the full parser")
