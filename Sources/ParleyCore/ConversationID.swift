@@ -20,8 +20,21 @@ public struct ConversationID: Sendable, Hashable, CustomStringConvertible {
     /// For a direct conversation: whether the user takes part. Groups answer from their
     /// members, so this is false for a group.
     public func includes(_ userID: String) -> Bool {
+        guard kind == .direct else { return false }
+        let inPlace = rawValue.utf8.withContiguousStorageIfAvailable { raw in
+            userID.utf8.withContiguousStorageIfAvailable { Self.includes(raw, $0) } ?? nil
+        } ?? nil
+        if let inPlace { return inPlace }
         guard let (first, second) = users else { return false }
         return first == userID || second == userID
+    }
+
+    /// `includes` on the bytes (every `send` asks); nil beyond ASCII, where String compares
+    /// canonically equivalent forms as equal.
+    private static func includes(_ raw: UnsafeBufferPointer<UInt8>, _ user: UnsafeBufferPointer<UInt8>) -> Bool? {
+        guard raw.allSatisfy({ $0 < 0x80 }), user.allSatisfy({ $0 < 0x80 }) else { return nil }
+        guard let colon = raw[2...].firstIndex(of: UInt8(ascii: ":")) else { return false }
+        return raw[2..<colon].elementsEqual(user) || raw[(colon + 1)...].elementsEqual(user)
     }
 
     /// A direct conversation's two user ids, in place in the raw value (searched as UTF-8

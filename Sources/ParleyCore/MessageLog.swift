@@ -362,14 +362,26 @@ public final class MessageLog: Sendable {
     /// What one batch writes, and what its sends are answered with once it is durable.
     private struct BatchWrites {
         var writes: StorageBatch
+        let conversation: ConversationID
+        let timestamp: Int64
         /// The sends in the batch (failed ones are answered at once and left out), with their answers.
         var included: [Pending] = []
-        var acks: [(SendAck, StoredMessage?)] = []
+        var answers: [Answer] = []
         /// Each stored send's client-id write and the send's index in `included`; its
         /// message write is the next one. Searched only when a batch fails on a condition.
         var clientIDWrites: [(write: Int, owner: Int)] = []
         var lastSequence: Int64
         var members: ConversationMembers
+    }
+
+    /// What a stored send is answered with, made into its ack and message when it is answered:
+    /// plain fields, where a (SendAck, StoredMessage?) per send was copied and destroyed
+    /// through generic code.
+    private struct Answer {
+        var sequence: Int64
+        /// Nil for a resend of an earlier send of the same batch: a duplicate, delivered once.
+        var record: [UInt8]?
+        var recipients: [String]
     }
 
     /// Sequences a batch's sends and builds its writes: per send the client-id row and
@@ -378,9 +390,11 @@ public final class MessageLog: Sendable {
     private func build(_ batch: Batch) -> BatchWrites {
         let conversation = batch.conversation
         let timestamp = currentTimeMillis()
-        var result = BatchWrites(writes: StorageBatch(capacity: batch.pending.count * 2 + 4), lastSequence: batch.after, members: batch.members)
+        var result = BatchWrites(
+            writes: StorageBatch(capacity: batch.pending.count * 2 + 4), conversation: conversation, timestamp: timestamp,
+            lastSequence: batch.after, members: batch.members)
         result.included.reserveCapacity(batch.pending.count)
-        result.acks.reserveCapacity(batch.pending.count)
+        result.answers.reserveCapacity(batch.pending.count)
         result.clientIDWrites.reserveCapacity(batch.pending.count)
         let partition = StorageBytes.utf8(conversation.rawValue)
         var firstOfClientID: [ClientRef: Int] = [:]
@@ -400,10 +414,8 @@ public final class MessageLog: Sendable {
             // Fields are read through `pending`: a copy of the whole request retains each of its strings.
             let ref = ClientRef(userID: pending.request.sender.userID, clientID: pending.request.clientID)
             if let first = firstOfClientID[ref] {
-                var ack = result.acks[first].0
-                ack.duplicate = true
                 result.included.append(pending)
-                result.acks.append((ack, nil))
+                result.answers.append(Answer(sequence: result.answers[first].sequence, record: nil, recipients: []))
                 continue
             }
             var body = pending.request.body
@@ -447,10 +459,7 @@ public final class MessageLog: Sendable {
             senderRun = (pending.request.sender.userID, sequence)
             let recipients = alsoNotify.isEmpty ? current : current + alsoNotify
             result.included.append(pending)
-            result.acks.append((
-                SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: pending.request.clientID, duplicate: false),
-                StoredMessage(conversation: conversation, sequence: sequence, record: record, recipients: recipients)
-            ))
+            result.answers.append(Answer(sequence: sequence, record: record, recipients: recipients))
         }
         if let run = senderRun { senders[run.userID] = run.sequence }
         guard result.lastSequence > batch.after else { return result }
@@ -496,10 +505,16 @@ public final class MessageLog: Sendable {
         return writer.bytes
     }
 
-    /// Answers each stored send with its ack and the message to deliver. By index: a `zip`
-    /// of the two arrays copies each answer through unspecialized generic code.
+    /// Answers each stored send with its ack and the message to deliver.
     private static func answer(_ built: BatchWrites) {
-        for index in built.included.indices { built.included[index].resume(returning: .success(built.acks[index])) }
+        for index in built.included.indices {
+            let pending = built.included[index], answer = built.answers[index]
+            let ack = SendAck(
+                conversation: built.conversation.rawValue, sequence: answer.sequence, timestamp: built.timestamp,
+                clientID: pending.request.clientID, duplicate: answer.record == nil)
+            let message = answer.record.map { StoredMessage(conversation: built.conversation, sequence: answer.sequence, record: $0, recipients: answer.recipients) }
+            pending.resume(returning: .success((ack, message)))
+        }
     }
 
     /// Writes one batch, started on a plugin worker. On a client-id conflict (a resend

@@ -119,6 +119,20 @@ struct EncodingTests {
         }
     }
 
+    /// A direct conversation includes exactly its two users: compared as bytes for ASCII ids,
+    /// as strings (canonical equivalence) beyond ASCII.
+    @Test func aDirectConversationIncludesExactlyItsTwoUsers() throws {
+        let conversation = ConversationID.direct("u_bob", "u_amy")
+        for user in ["u_amy", "u_bob"] { #expect(conversation.includes(user), "\(user)") }
+        for user in ["", "u_am", "u_amyx", "u_bo", "d", "u_amy:u_bob", "amy", "u_AMY"] { #expect(!conversation.includes(user), "\(user)") }
+        let accented = ConversationID.direct("u_b", "u_\u{E9}")
+        #expect(accented.includes("u_\u{E9}"))
+        #expect(accented.includes("u_e\u{301}"), "canonically equivalent")
+        #expect(!accented.includes("u_e"))
+        #expect(!ConversationID.group("team").includes("team"))
+        #expect(try #require(ConversationID("d:u_amy:u_bob")).includes("u_bob"))
+    }
+
     /// Frames written by `WebSocketFrames.append` read back whole with `WebSocketReader`, for
     /// every length form, split at every byte; each side refuses the other side's masking.
     @Test func framesRoundTripMaskedAndUnmasked() throws {
