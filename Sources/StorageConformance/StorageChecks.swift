@@ -56,8 +56,23 @@ enum StorageChecks {
         try await storage.apply([.delete(row)])
     }
 
-    /// Sort keys in the order the ABI defines: unsigned bytes, prefixes first.
-    static let orderedKeys: [[UInt8]] = [[], [0x00], [0x00, 0x00], [0x00, 0x01], [0x01], [0x41], [0x41, 0x00], [0x41, 0x42], [0x42], [0x7F], [0x80], [0xFE, 0xFF], [0xFF], [0xFF, 0xFF]]
+    /// Sort keys in the order the ABI defines: unsigned bytes, prefixes first. Longer keys
+    /// differ before, at and after their eighth byte, for plugins that compare words.
+    static let orderedKeys: [[UInt8]] = [
+        [], [0x00], [0x00, 0x00], [0x00, 0x01], [0x01], [0x41], [0x41, 0x00],
+        [UInt8](repeating: 0x41, count: 8),
+        [UInt8](repeating: 0x41, count: 8) + [0x00],
+        [UInt8](repeating: 0x41, count: 9),
+        [UInt8](repeating: 0x41, count: 16),
+        [UInt8](repeating: 0x41, count: 15) + [0x7F],
+        [UInt8](repeating: 0x41, count: 15) + [0x80],
+        [UInt8](repeating: 0x41, count: 8) + [0x42],
+        [UInt8](repeating: 0x41, count: 7) + [0x80],
+        [0x41, 0x42], [0x42], [0x7F], [0x80],
+        [UInt8](repeating: 0x80, count: 8) + [0x01],
+        [0xFE, 0xFF], [0xFF], [0xFF, 0xFF],
+        [UInt8](repeating: 0xFF, count: 8) + [UInt8](repeating: 0x00, count: 8),
+    ]
 
     static func scanOrder(_ storage: StorageBackend) async throws {
         let writes = orderedKeys.reversed().map { StorageWrite.put(key("c_order", "p", $0), value: $0) }
