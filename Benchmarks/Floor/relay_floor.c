@@ -94,13 +94,20 @@ static int server(int port, const char *logpath) {
         struct epoll_event e = {.events = EPOLLIN, .data.fd = listener};
         epoll_ctl(ep, EPOLL_CTL_ADD, listener, &e);
     }
+    double started = now();
     for (;;) {
-        int n = epoll_wait(ep, events, 256, -1), i, touched = 0;
+        /* Until the first client connects, wake once a second: a client that died before
+           connecting must not leave the server (and `make floor`) waiting for ever. */
+        int n = epoll_wait(ep, events, 256, accepted == 0 ? 1000 : -1), i, touched = 0;
         size_t loglen = 0;
         static int touched_fds[MAXCONN];
         if (n < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");
+        }
+        if (accepted == 0 && now() - started > 30) {
+            fprintf(stderr, "relay_floor: no client connected within 30 s\n");
+            return 1;
         }
         for (i = 0; i < n; i++) {
             int fd = events[i].data.fd;

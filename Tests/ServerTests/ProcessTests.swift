@@ -43,7 +43,19 @@ final class ParleydProcess: @unchecked Sendable {
             if !process.isRunning { throw TestFailure("parleyd exited: \(text)") }
             Thread.sleep(forTimeInterval: 0.05)
         }
+        // Not left running after the test: a server that never came up is killed.
+        stopNow()
         throw TestFailure("parleyd did not start: \(log)")
+    }
+
+    /// Kills the process if it still runs: when a test ends early (a failed expectation, a
+    /// thrown error), its server goes with it instead of outliving the test run.
+    deinit { stopNow() }
+
+    private func stopNow() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
