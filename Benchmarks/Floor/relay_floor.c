@@ -105,7 +105,7 @@ static int server(int port, const char *logpath) {
             if (errno == EINTR) continue;
             die("epoll_wait");
         }
-        if (accepted == 0 && now() - started > 30) {
+        if (n == 0 && accepted == 0 && now() - started > 30) {
             fprintf(stderr, "relay_floor: no client connected within 30 s\n");
             return 1;
         }

@@ -357,6 +357,14 @@ public final class MessageLog: Sendable {
         var clientID: String
 
         func hash(into hasher: inout Hasher) { hasher.combine(clientID) }
+
+        /// Byte equality, as storage keys client ids: String's `==` would take two
+        /// normalizations of one text for the same id within a batch and not across batches.
+        /// (Byte-equal strings are equal strings, so the hash stays consistent.)
+        static func == (lhs: ClientRef, rhs: ClientRef) -> Bool {
+            lhs.clientID == rhs.clientID && lhs.userID == rhs.userID
+                && lhs.clientID.utf8.elementsEqual(rhs.clientID.utf8) && lhs.userID.utf8.elementsEqual(rhs.userID.utf8)
+        }
     }
 
     /// What one batch writes, and what its sends are answered with once it is durable.

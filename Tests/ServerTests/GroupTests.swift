@@ -316,6 +316,38 @@ struct GroupTests {
     }
 }
 
+extension GroupTests {
+    /// Client ids are bytes, as storage keys them: two ids that differ only in Unicode
+    /// normalization are two sends, in one batch too, while a byte-equal resend in the same
+    /// batch is answered as a duplicate of the first.
+    @Test func clientIDsThatDifferOnlyInNormalizationAreDistinctSendsInABatch() async throws {
+        let server = try await TestServer.start()
+        let log = MessageLog(storage: server.node.runtime.storage)
+        let (release, released) = AsyncStream<Void>.makeStream()
+        log.loadMembers { _ in
+            for await _ in release { break }
+            return ConversationMembers(exists: true, name: "ids", members: ["u_owner": .init(role: .owner, fromSequence: 1)])
+        }
+        let owner = Session(userID: "u_owner", deviceID: "dv_owner", username: "owner")
+        let answers = Mutex<[Int: SendAck]>([:])
+        let clientIDs = ["caf\u{E9}", "cafe\u{301}", "caf\u{E9}"]
+        for (index, clientID) in clientIDs.enumerated() {
+            log.submit(SendRequest(sender: owner, conversation: .group("gr_normalization"), clientID: clientID, contentType: "text/plain", body: "m\(index)")) { result in
+                if case .success((let ack, _)) = result { answers.withLock { $0[index] = ack } }
+            }
+        }
+        released.yield()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, answers.withLock({ $0.count }) < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        let acks = answers.withLock { $0 }
+        #expect(acks[0]?.sequence == 1 && acks[0]?.duplicate == false, "\(acks)")
+        #expect(acks[1]?.sequence == 2 && acks[1]?.duplicate == false, "decomposed is another id: \(acks)")
+        #expect(acks[2]?.sequence == 1 && acks[2]?.duplicate == true, "byte-equal resend: \(acks)")
+        #expect(Array(acks[1]?.clientID.utf8 ?? "".utf8) == Array("cafe\u{301}".utf8), "the ack names the id as sent")
+        await server.stop()
+    }
+}
+
 /// The sequences of acknowledged sends, by client id.
 private final class AckCollector: Sendable {
     private let acks = Mutex<[String: Int64]>([:])
