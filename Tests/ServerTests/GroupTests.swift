@@ -283,14 +283,9 @@ struct GroupTests {
     /// until all three sends are queued, so they are one batch.
     @Test func aMemberRemovedInABatchKeepsTheSequenceOfTheRemoval() async throws {
         let server = try await TestServer.start()
-        let log = MessageLog(storage: server.node.runtime.storage)
-        let (release, released) = AsyncStream<Void>.makeStream()
-        log.loadMembers { _ in
-            for await _ in release { break }
-            return ConversationMembers(exists: true, name: "batch", members: [
-                "u_owner": .init(role: .owner, fromSequence: 1), "u_cat": .init(role: .member, fromSequence: 1),
-            ])
-        }
+        let (log, released) = heldLog(server, ConversationMembers(exists: true, name: "batch", members: [
+            "u_owner": .init(role: .owner, fromSequence: 1), "u_cat": .init(role: .member, fromSequence: 1),
+        ]))
         let conversation = ConversationID.group("gr_removalbatch")
         let owner = Session(userID: "u_owner", deviceID: "dv_owner", username: "owner")
         let acks = AckCollector()
@@ -322,12 +317,7 @@ extension GroupTests {
     /// batch is answered as a duplicate of the first.
     @Test func clientIDsThatDifferOnlyInNormalizationAreDistinctSendsInABatch() async throws {
         let server = try await TestServer.start()
-        let log = MessageLog(storage: server.node.runtime.storage)
-        let (release, released) = AsyncStream<Void>.makeStream()
-        log.loadMembers { _ in
-            for await _ in release { break }
-            return ConversationMembers(exists: true, name: "ids", members: ["u_owner": .init(role: .owner, fromSequence: 1)])
-        }
+        let (log, released) = heldLog(server, ConversationMembers(exists: true, name: "ids", members: ["u_owner": .init(role: .owner, fromSequence: 1)]))
         let owner = Session(userID: "u_owner", deviceID: "dv_owner", username: "owner")
         let answers = Mutex<[Int: SendAck]>([:])
         let clientIDs = ["caf\u{E9}", "cafe\u{301}", "caf\u{E9}"]
@@ -346,6 +336,18 @@ extension GroupTests {
         #expect(Array(acks[1]?.clientID.utf8 ?? "".utf8) == Array("cafe\u{301}".utf8), "the ack names the id as sent")
         await server.stop()
     }
+}
+
+/// A MessageLog of its own on the server's storage whose members' load (answering `members`)
+/// waits until the continuation yields: sends queued before that are one batch.
+private func heldLog(_ server: TestServer, _ members: ConversationMembers) -> (MessageLog, AsyncStream<Void>.Continuation) {
+    let log = MessageLog(storage: server.node.runtime.storage)
+    let (release, released) = AsyncStream<Void>.makeStream()
+    log.loadMembers { _ in
+        for await _ in release { break }
+        return members
+    }
+    return (log, released)
 }
 
 /// The sequences of acknowledged sends, by client id.
