@@ -313,8 +313,10 @@ final class LoopWriter: @unchecked Sendable {
         tracked[ObjectIdentifier(connection)] = nil
     }
 
-    /// Sends one frame to many connections but `except`, with one hand-over per event loop.
-    static func send(_ payload: FramePayload, to connections: [ChatConnection], except: ChatConnection?) {
+    /// Sends one frame to many connections but `except`, with one hand-over per event loop;
+    /// returns how many connections it went to.
+    @discardableResult
+    static func send(_ payload: FramePayload, to connections: [ChatConnection], except: ChatConnection?) -> Int {
         // One connection to reach (a direct message's receiver, most often): its frame goes
         // into its pending buffer as it is, with no shared buffer or run.
         var targets = 0
@@ -323,10 +325,10 @@ final class LoopWriter: @unchecked Sendable {
             targets += 1
             last = connection
         }
-        guard let last else { return }
+        guard let last else { return 0 }
         if targets == 1 {
             last.writer.hand(.one(last, payload))
-            return
+            return 1
         }
         let frame = payload.buffer
         var byWriter: [(LoopWriter, [ChatConnection])] = []
@@ -341,6 +343,7 @@ final class LoopWriter: @unchecked Sendable {
         for (writer, connections) in byWriter where !(connections.count == 1 && connections[0] === except) {
             writer.hand(.many(frame, connections, except: except))
         }
+        return targets
     }
 
     func send(_ payload: FramePayload, to connection: ChatConnection) {

@@ -277,9 +277,7 @@ public final class ChatService: Sendable {
     /// hand-over per event loop; returns how many connections it went to.
     @discardableResult
     func fanOut(_ frame: FramePayload, to users: [String], except: ChatConnection?) -> Int {
-        let connections = registry.connections(of: users)
-        LoopWriter.send(frame, to: connections, except: except)
-        return connections.count - (except.map { except in connections.contains { $0 === except } ? 1 : 0 } ?? 0)
+        LoopWriter.send(frame, to: registry.connections(of: users), except: except)
     }
 
     /// Checks a token and makes the connection its device's (the `hello` frame, or the

@@ -53,9 +53,7 @@ final class ParleydProcess: @unchecked Sendable {
     deinit { stopNow() }
 
     private func stopNow() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        if process.isRunning { signal(SIGKILL) }
     }
 
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
