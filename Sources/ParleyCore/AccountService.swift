@@ -156,10 +156,16 @@ public final class AccountService: Sendable {
 
     /// The device a bearer token belongs to and its user's profile, or `unauthorized`.
     public func authenticate(token: String) async throws(ChatError) -> (session: Session, profile: UserProfile) {
+        try await storage.reading { () throws(ChatError) in try self.authenticateHere(token: token) }
+    }
+
+    /// `authenticate` on the current thread, which must be a plugin worker (inside
+    /// `StorageBackend.onWorker`): both reads without a hand-over between them.
+    public func authenticateHere(token: String) throws(ChatError) -> (session: Session, profile: UserProfile) {
         guard token.utf8.count >= 32, token.utf8.count <= 128 else { throw .unauthorized }
         let stored: [UInt8]?
         do {
-            stored = try await storage.get(StorageLayout.key(StorageLayout.tokens, Self.tokenKey(token)))
+            stored = try storage.getHere(StorageLayout.key(StorageLayout.tokens, Self.tokenKey(token)))
         } catch {
             throw Self.storageError(error)
         }
@@ -167,7 +173,7 @@ public final class AccountService: Sendable {
         let parts = String(decoding: stored, as: UTF8.self).split(separator: " ")
         guard parts.count == 2 else { throw .unauthorized }
         let userID = String(parts[0]), deviceID = String(parts[1])
-        guard let profile = try await profile(id: userID) else { throw .unauthorized }
+        guard let profile = try profileHere(id: userID) else { throw .unauthorized }
         return (Session(userID: userID, deviceID: deviceID, username: profile.username), profile)
     }
 
@@ -241,9 +247,14 @@ public final class AccountService: Sendable {
     }
 
     public func profile(id: String) async throws(ChatError) -> UserProfile? {
+        try await storage.reading { () throws(ChatError) in try self.profileHere(id: id) }
+    }
+
+    /// `profile(id:)` on the current thread, which must be a plugin worker.
+    public func profileHere(id: String) throws(ChatError) -> UserProfile? {
         guard !id.isEmpty, id.utf8.count <= 64 else { return nil }
         do {
-            guard let value = try await storage.get(StorageLayout.key(StorageLayout.users, id)) else { return nil }
+            guard let value = try storage.getHere(StorageLayout.key(StorageLayout.users, id)) else { return nil }
             return Self.decodeUser(value)?.0
         } catch {
             throw Self.storageError(error)

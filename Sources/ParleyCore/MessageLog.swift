@@ -663,21 +663,27 @@ public final class MessageLog: Sendable {
     }
 
     /// The user's conversations whose last sequence is above the device's cursor for them
-    /// (absent cursors count as 0), in one answer.
-    public func changes(_ session: Session, cursors: [String: Int64]) async throws(ChatError) -> [ConversationSummary] {
-        try await conversations(of: session.userID).filter { $0.lastSequence > cursors[$0.conversation, default: 0] }
+    /// (absent cursors count as 0), in one answer. On the current thread, which must be a
+    /// plugin worker.
+    public func changesHere(_ session: Session, cursors: [String: Int64]) throws(ChatError) -> [ConversationSummary] {
+        try conversationsHere(of: session.userID).filter { $0.lastSequence > cursors[$0.conversation, default: 0] }
     }
 
     /// Every conversation the user has taken part in, with its last sequence: for a group
     /// they are in, the group's head. With `heads` false, such groups are listed with the
     /// sequence of their last membership change instead, without reading their heads.
     public func conversations(of userID: String, heads: Bool = true) async throws(ChatError) -> [ConversationSummary] {
+        try await storage.reading { () throws(ChatError) in try self.conversationsHere(of: userID, heads: heads) }
+    }
+
+    /// `conversations(of:heads:)` on the current thread, which must be a plugin worker.
+    public func conversationsHere(of userID: String, heads: Bool = true) throws(ChatError) -> [ConversationSummary] {
         var summaries: [ConversationSummary] = []
         var live: [Int] = []
         var lower = StorageBound.none
         do {
             while true {
-                let rows = try await storage.scan(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
+                let rows = try storage.scanHere(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
                 for row in rows {
                     guard let summary = Self.parseSummary(String(decoding: row.sortKey, as: UTF8.self), row.value) else { continue }
                     if summary.live { live.append(summaries.count) }
@@ -689,7 +695,7 @@ public final class MessageLog: Sendable {
             guard heads else { return summaries }
             for index in live {
                 let conversation = summaries[index].conversation
-                guard let value = try await storage.get(StorageLayout.key(StorageLayout.conversationHeads, conversation)),
+                guard let value = try storage.getHere(StorageLayout.key(StorageLayout.conversationHeads, conversation)),
                     let head = Self.parseSummary(conversation, value)?.summary, head.lastSequence > summaries[index].lastSequence
                 else { continue }
                 summaries[index] = head

@@ -45,8 +45,13 @@ public struct ReceiptStore: Sendable {
     }
 
     public func cursor(_ conversation: ConversationID, userID: String, kind: ReceiptKind) async throws(ChatError) -> Int64 {
+        try await storage.reading { () throws(ChatError) in try self.cursorHere(conversation, userID: userID, kind: kind) }
+    }
+
+    /// `cursor` on the current thread, which must be a plugin worker.
+    public func cursorHere(_ conversation: ConversationID, userID: String, kind: ReceiptKind) throws(ChatError) -> Int64 {
         do {
-            return try await storage.get(Self.key(conversation, userID, kind)).flatMap(StorageLayout.sequence(fromKey:)) ?? 0
+            return try storage.getHere(Self.key(conversation, userID, kind)).flatMap(StorageLayout.sequence(fromKey:)) ?? 0
         } catch {
             throw AccountService.storageError(error)
         }

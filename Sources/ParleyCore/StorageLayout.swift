@@ -51,3 +51,19 @@ public enum StorageLayout {
         return Int64(key.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 }
+
+extension StorageBackend {
+    /// Runs `body`, which reads with `getHere` and `scanHere`, on a plugin worker and returns
+    /// its result to the waiting task: one hand-over however many reads it makes.
+    func reading<T: Sendable>(_ body: @escaping @Sendable () throws(ChatError) -> T) async throws(ChatError) -> T {
+        let result: Result<T, ChatError>
+        do {
+            result = try await run { () -> Result<T, ChatError> in
+                do throws(ChatError) { return .success(try body()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw AccountService.storageError(error)
+        }
+        return try result.get()
+    }
+}

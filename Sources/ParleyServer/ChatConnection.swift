@@ -9,6 +9,7 @@ import NIOCore
 import NIOWebSocket
 import ParleyCore
 import ParleyWebSocket
+import PluginHost
 import Synchronization
 
 public final class ChatConnection: @unchecked Sendable {
@@ -274,6 +275,7 @@ final class LoopWriter: @unchecked Sendable {
     // Event-loop state.
     private var toFlush: [ChatConnection] = []
     private var flushScheduled = false
+    private var wakeScheduled = false
     /// The loop's open connections, for their timers: one repeated check per loop instead
     /// of timers per connection, whose cancellation costs NIO a search of its timer queue.
     private var tracked: [ObjectIdentifier: ChatConnection] = [:]
@@ -418,6 +420,17 @@ final class LoopWriter: @unchecked Sendable {
 
     private static func same(_ first: [ChatConnection], _ second: [ChatConnection]) -> Bool {
         first.count == second.count && zip(first, second).allSatisfy { $0 === $1 }
+    }
+
+    /// Wakes a plugin worker for the storage jobs the loop queued while handling its reads,
+    /// after them: a burst of sign-ins costs one wake-up of a worker, not one each. On the loop.
+    func wakeAfterReads(_ storage: StorageBackend) {
+        guard !wakeScheduled else { return }
+        wakeScheduled = true
+        eventLoop.execute {
+            self.wakeScheduled = false
+            storage.wakeWorker()
+        }
     }
 
     private func listForFlush(_ connection: ChatConnection) {

@@ -17,6 +17,7 @@ public final class ChatService: Sendable {
     let groups: GroupService
     let receipts: ReceiptStore
     let presence: PresenceTracker
+    let storage: StorageBackend
     let registry: ConnectionRegistry
     let metrics: ServerMetrics
     let logger: Logger
@@ -28,6 +29,7 @@ public final class ChatService: Sendable {
         self.messages = messages
         self.groups = groups
         self.receipts = receipts
+        self.storage = storage
         messages.loadMembers { [groups] conversation in try await groups.loadMembers(conversation) }
         let registry = ConnectionRegistry()
         self.registry = registry
@@ -157,12 +159,12 @@ public final class ChatService: Sendable {
                     cursors[conversation] = sequence
                 }
             }
-            run(connection, id: id) { [cursors] () throws(ChatError) in
-                let changed = try await self.messages.changes(session, cursors: cursors)
+            answer(connection, id: id) { [cursors] () throws(ChatError) in
+                let changed = try self.messages.changesHere(session, cursors: cursors)
                 var read: [String: Int64] = [:]
                 for summary in changed {
                     if let conversation = ConversationID(summary.conversation) {
-                        read[summary.conversation] = try await self.receipts.cursor(conversation, userID: session.userID, kind: .read)
+                        read[summary.conversation] = try self.receipts.cursorHere(conversation, userID: session.userID, kind: .read)
                     }
                 }
                 return JSONWriter.frame("sync_result", id: id) { writer in
@@ -287,9 +289,11 @@ public final class ChatService: Sendable {
             fail(connection, id: id, .invalid("this connection is already authenticated"))
             return
         }
-        Task {
+        // One job on a plugin worker reads the token and the user, registers the connection and
+        // queues the welcome: no task, one hand-over there and one back to the event loop.
+        onWorker(connection, id: id) { () throws(ChatError) in
             do throws(ChatError) {
-                let (session, profile) = try await accounts.authenticate(token: token)
+                let (session, profile) = try self.accounts.authenticateHere(token: token)
                 // Registered under the session lock, and only while the connection is open:
                 // `disconnected` marks it closed before it takes the lock, so a connection that
                 // closes while its token is checked is never left in the registry.
@@ -304,18 +308,20 @@ public final class ChatService: Sendable {
                     if current != nil { return false }
                     if connection.closed.load(ordering: .acquiring) { return nil }
                     current = session
-                    registry.add(connection, userID: session.userID) { connection.send(welcome) }
+                    self.registry.add(connection, userID: session.userID) { connection.send(welcome) }
                     return true
                 }
                 guard let added else { return }
                 guard added else { throw ChatError.invalid("this connection is already authenticated") }
-                metrics.connections.increment()
-                await presence.connected(session.userID, username: session.username)
+                self.metrics.connections.increment()
+                self.presence.connectedHere(session.userID, username: session.username)
             } catch {
-                fail(connection, id: id, error)
                 if error.code == ChatError.unauthorized.code {
+                    self.fail(connection, id: id, error)
                     connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "invalid or revoked token")
+                    return
                 }
+                throw error
             }
         }
     }
@@ -341,6 +347,29 @@ public final class ChatService: Sendable {
                 fail(connection, id: id, error)
             }
         }
+    }
+
+    /// Runs `body` on a plugin worker, where it may read with the storage's `…Here` calls,
+    /// and sends the error it throws, if any: no task, and no hand-over between its reads.
+    func onWorker(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () throws(ChatError) -> Void) {
+        let onLoop = connection.writer.eventLoop.inEventLoop
+        do {
+            try storage.onWorker({
+                do throws(ChatError) {
+                    try body()
+                } catch {
+                    self.fail(connection, id: id, error)
+                }
+            }, wake: !onLoop)
+            if onLoop { connection.writer.wakeAfterReads(storage) }
+        } catch {
+            fail(connection, id: id, AccountService.storageError(error))
+        }
+    }
+
+    /// `run` for a request whose reply needs only reads: on a plugin worker, without a task.
+    func answer(_ connection: ChatConnection, id: String?, _ body: @escaping @Sendable () throws(ChatError) -> [UInt8]) {
+        onWorker(connection, id: id) { () throws(ChatError) in connection.send(try body()) }
     }
 
     // MARK: Field parsing

@@ -42,8 +42,9 @@ final class PresenceTracker: Sendable {
         state.withLock { $0.connections[userID] != nil }
     }
 
-    /// A connection of the user authenticated.
-    func connected(_ userID: String, username: String) async {
+    /// A connection of the user authenticated. Runs on a plugin worker: a user who comes
+    /// online has their contacts read here.
+    func connectedHere(_ userID: String, username: String) {
         let comesOnline = state.withLock { state -> Bool in
             state.leaving[userID] = nil
             let previous = state.connections[userID]
@@ -51,7 +52,7 @@ final class PresenceTracker: Sendable {
             return previous == nil
         }
         guard comesOnline else { return }
-        let contacts = await loadContacts(userID)
+        let contacts = loadContactsHere(userID)
         let watchers: Set<String> = state.withLock { state in
             guard state.connections[userID] != nil else { return [] }
             state.contacts[userID] = contacts
@@ -139,12 +140,12 @@ final class PresenceTracker: Sendable {
         }
     }
 
-    /// The users the user shares a direct conversation with.
-    private func loadContacts(_ userID: String) async -> Set<String> {
+    /// The users the user shares a direct conversation with; on a plugin worker.
+    private func loadContactsHere(_ userID: String) -> Set<String> {
         var contacts = Set<String>()
         var lower = StorageBound.none
         while true {
-            guard let rows = try? await storage.scan(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows)) else { break }
+            guard let rows = try? storage.scanHere(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows)) else { break }
             for row in rows {
                 guard let conversation = ConversationID(String(decoding: row.sortKey, as: UTF8.self)), conversation.kind == .direct else { continue }
                 contacts.formUnion(conversation.participants.filter { $0 != userID })

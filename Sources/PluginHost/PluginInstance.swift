@@ -8,6 +8,9 @@ import Synchronization
 /// disables the instance, drains the calls in flight and destroys it. The library
 /// itself stays loaded.
 public final class PluginInstance: @unchecked Sendable {
+    /// One call into the plugin: its instance handle and the operation.
+    typealias Call = (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status
+
     public let library: PluginLibrary
     public var info: PluginInfo { library.info }
     let context: PluginHostContext
@@ -39,7 +42,7 @@ public final class PluginInstance: @unchecked Sendable {
 
     /// Runs one plugin call on the worker pool and returns what it produced, or
     /// throws the host's or the plugin's error.
-    func perform(_ operation: PluginOperation, _ call: @escaping (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status) async throws(PluginCallError) -> PluginOutput {
+    func perform(_ operation: PluginOperation, _ call: @escaping Call) async throws(PluginCallError) -> PluginOutput {
         inFlight.add(1, ordering: .acquiringAndReleasing)
         defer { inFlight.subtract(1, ordering: .acquiringAndReleasing) }
         guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
@@ -51,7 +54,7 @@ public final class PluginInstance: @unchecked Sendable {
     /// Runs one plugin call on the current thread, which must be a worker of this
     /// instance's pool (a job submitted to `pool`), and calls `completion` on the
     /// thread that finishes it.
-    func performHere(_ operation: PluginOperation, _ call: @escaping (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status, completion: @escaping @Sendable (Result<PluginOutput, PluginCallError>) -> Void) {
+    func performHere(_ operation: PluginOperation, _ call: @escaping Call, completion: @escaping @Sendable (Result<PluginOutput, PluginCallError>) -> Void) {
         inFlight.add(1, ordering: .acquiringAndReleasing)
         guard !stopped.load(ordering: .acquiring) else {
             inFlight.subtract(1, ordering: .acquiringAndReleasing)
@@ -65,6 +68,17 @@ public final class PluginInstance: @unchecked Sendable {
             inFlight.subtract(1, ordering: .acquiringAndReleasing)
             completion(result)
         }
+    }
+
+    /// Runs one plugin call on the current thread, which must be a worker of this instance's
+    /// pool, and returns what it produced; see `PluginOperation.runWaiting`.
+    func performWaiting(_ operation: PluginOperation, _ call: @escaping Call) throws(PluginCallError) -> PluginOutput {
+        inFlight.add(1, ordering: .acquiringAndReleasing)
+        defer { inFlight.subtract(1, ordering: .acquiringAndReleasing) }
+        guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
+        let handle = handle
+        operation.call = { op in call(handle, op) }
+        return try outcome(operation.runWaiting()).get()
     }
 
     /// The output of a finished call, or the host's or the plugin's error.

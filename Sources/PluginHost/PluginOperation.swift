@@ -3,6 +3,7 @@
 import ParleyPluginABI
 import Glibc
 import Synchronization
+import Dispatch
 
 /// A result item reported with `emit_item`.
 public struct PluginItem: Sendable, Equatable {
@@ -114,6 +115,16 @@ final class PluginOperation: @unchecked Sendable {
     func start(here completion: @escaping @Sendable (PluginOutput) -> Void) {
         onFinish = completion
         invoke()
+    }
+
+    /// Runs the call on the current thread, which must be a plugin worker, and returns what
+    /// it produced. A call the plugin finishes at once (every in-tree plugin's reads) returns
+    /// without waiting; one answered PENDING holds this worker until the plugin completes it.
+    func runWaiting() -> PluginOutput {
+        let done = DispatchSemaphore(value: 0)
+        start(here: { _ in done.signal() })
+        done.wait()
+        return output
     }
 
     /// Runs the call on the current (worker) thread, finishing at once when the

@@ -103,17 +103,35 @@ public struct StorageBackend: Sendable {
 
     /// Reads one row's value, or nil when it is absent.
     public func get(_ key: StorageKey) async throws(PluginCallError) -> [UInt8]? {
+        let (operation, call) = try getCall(key)
+        return try await instance.perform(operation, call).rows.first?.value
+    }
+
+    /// `get` on the current thread, which must be a plugin worker of this instance (inside
+    /// `onWorker` or `run`): no task, no hand-over. A plugin that answers a read PENDING
+    /// holds the worker until it completes the call.
+    public func getHere(_ key: StorageKey) throws(PluginCallError) -> [UInt8]? {
+        let (operation, call) = try getCall(key)
+        return try instance.performWaiting(operation, call).rows.first?.value
+    }
+
+    private func getCall(_ key: StorageKey) throws(PluginCallError) -> (PluginOperation, PluginInstance.Call) {
         try Self.validate(key)
         let operation = PluginOperation()
         let table = operation.borrow(key.table), partition = operation.borrow(key.partition), sort = operation.borrow(key.sort)
         let get = self.table.get!
-        let output = try await instance.perform(operation) { handle, op in get(handle, op, table, partition, sort) }
-        return output.rows.first?.value
+        return (operation, { handle, op in get(handle, op, table, partition, sort) })
     }
 
     /// Reads rows of one partition within the range, in order, at most `range.limit`.
     public func scan(table tableName: [UInt8], partition: [UInt8], _ range: StorageScan) async throws(PluginCallError) -> [StorageRow] {
         try await scan(table: tableName, partition: partition, range, validate: true)
+    }
+
+    /// `scan` on the current thread, which must be a plugin worker of this instance; see `getHere`.
+    public func scanHere(table tableName: [UInt8], partition: [UInt8], _ range: StorageScan) throws(PluginCallError) -> [StorageRow] {
+        let (operation, call) = try scanCall(table: tableName, partition: partition, range, validate: true)
+        return Self.rows(try instance.performWaiting(operation, call))
     }
 
     /// Applies writes atomically and durably: on return every write is stored; on
@@ -126,6 +144,11 @@ public struct StorageBackend: Sendable {
     /// The same calls without the host's limit checks, so the conformance suite can
     /// prove a plugin reports oversize input as an error instead of crashing.
     package func scan(table tableName: [UInt8], partition: [UInt8], _ range: StorageScan, validate: Bool) async throws(PluginCallError) -> [StorageRow] {
+        let (operation, call) = try scanCall(table: tableName, partition: partition, range, validate: validate)
+        return Self.rows(try await instance.perform(operation, call))
+    }
+
+    private func scanCall(table tableName: [UInt8], partition: [UInt8], _ range: StorageScan, validate: Bool) throws(PluginCallError) -> (PluginOperation, PluginInstance.Call) {
         if validate {
             try Self.validate(StorageKey(table: tableName, partition: partition, sort: []))
             for bound in [range.lower, range.upper] {
@@ -148,8 +171,11 @@ public struct StorageBackend: Sendable {
         (request.pointee.upper, request.pointee.upper_kind) = Self.bound(range.upper, operation)
         request.pointee.limit = UInt32(clamping: range.limit)
         let scan = table.scan!
-        let output = try await instance.perform(operation) { handle, op in scan(handle, op, request) }
-        return output.rows.map { StorageRow(sortKey: $0.sortKey, value: $0.value) }
+        return (operation, { handle, op in scan(handle, op, request) })
+    }
+
+    private static func rows(_ output: PluginOutput) -> [StorageRow] {
+        output.rows.map { StorageRow(sortKey: $0.sortKey, value: $0.value) }
     }
 
     @discardableResult
@@ -162,15 +188,27 @@ public struct StorageBackend: Sendable {
     }
 
     /// The plugin's `apply` on the batch's array of writes.
-    private func applyCall(_ batch: StorageBatch) -> (UnsafeMutableRawPointer?, OpaquePointer) -> parley_status {
+    private func applyCall(_ batch: StorageBatch) -> PluginInstance.Call {
         let apply = table.apply!
         let writes = batch.writes, count = batch.count
         return { handle, op in apply(handle, op, writes, count, MemoryLayout<parley_write>.stride) }
     }
 
-    /// Runs `job` on the plugin worker pool, where `applyHere` may be called.
-    public func onWorker(_ job: @escaping @Sendable () -> Void) throws(PluginCallError) {
-        try instance.pool.submit(job)
+    /// Runs `body` on the plugin worker pool, where `getHere` and `scanHere` may be called,
+    /// and returns its result to the waiting task: one hand-over for several reads.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async throws(PluginCallError) -> T {
+        try await instance.pool.run(body)
+    }
+
+    /// Runs `job` on the plugin worker pool, where `applyHere`, `getHere` and `scanHere` may be called.
+    /// With `wake` false, no sleeping worker is woken for it until `wakeWorker()`.
+    public func onWorker(_ job: @escaping @Sendable () -> Void, wake: Bool = true) throws(PluginCallError) {
+        try instance.pool.submit(job, wake: wake)
+    }
+
+    /// Wakes a worker for jobs queued with `onWorker(_:wake: false)`.
+    public func wakeWorker() {
+        instance.pool.wake()
     }
 
     /// Applies a batch like `apply`, but starts the call on the current thread, which must
