@@ -88,6 +88,8 @@ let package = Package(
         .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         // The JSON reader and writer shared by the server and the client (no Foundation).
         .target(name: "ParleyJSON", swiftSettings: strictSwift),
+        // The CPUs the process may run on (its affinity mask), for the server and the load generator.
+        .target(name: "CPUAffinity", swiftSettings: strictSwift),
         // WebSocket frames read and written in place, for the server and the load generator.
         .target(
             name: "ParleyWebSocket",
@@ -108,7 +110,7 @@ let package = Package(
         .target(
             name: "ParleyServer",
             dependencies: [
-                "PluginHost", "ParleyCore", "ParleyJSON", "ParleyWebSocket",
+                "PluginHost", "ParleyCore", "ParleyJSON", "ParleyWebSocket", "CPUAffinity",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -162,7 +164,7 @@ let package = Package(
         .executableTarget(
             name: "parley-bench",
             dependencies: [
-                "ParleyClient", "ParleyJSON", "ParleyWebSocket",
+                "ParleyClient", "ParleyJSON", "ParleyWebSocket", "CPUAffinity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,5 +1,5 @@
 // The event loops of the chat and HTTP listeners: one per CPU the process may run on.
-import Glibc
+import CPUAffinity
 import NIOCore
 import NIOPosix
 
@@ -22,15 +22,5 @@ enum EventLoops {
     }
 
     /// How many CPUs the process's affinity mask allows (nil when it cannot be read), read once.
-    private static let usableCPUs: Int? = readAffinity()
-
-    private static func readAffinity() -> Int? {
-        // Glibc's module leaves out the GNU-only sched_getaffinity; look it up at run time.
-        typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutablePointer<cpu_set_t>) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_getaffinity") else { return nil }
-        var set = cpu_set_t()
-        guard unsafeBitCast(symbol, to: GetAffinity.self)(0, MemoryLayout<cpu_set_t>.size, &set) == 0 else { return nil }
-        let count = withUnsafeBytes(of: &set) { bytes in bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
-        return count > 0 ? count : nil
-    }
+    private static let usableCPUs: Int? = CPUAffinity.usableCPUs()
 }

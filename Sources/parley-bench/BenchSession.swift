@@ -1,5 +1,6 @@
 // What every scenario runs inside: the pinned client, the server under test, its
 // accounts, and one event loop group.
+import CPUAffinity
 import Foundation
 import NIOCore
 import NIOPosix
@@ -20,7 +21,13 @@ final class BenchSession: @unchecked Sendable {
         self.stores = stores
         self.stateFolder = stateFolder
         chatEndpoint = server.chat
-        group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: Self.eventLoopCount)
+    }
+
+    /// One event loop per CPU the tool may run on: pinned to one core (`--client-cpu`), one
+    /// loop, not two taking turns on it (each turn a thread switch, as the server found).
+    static var eventLoopCount: Int {
+        min(CPUAffinity.usableCPUs() ?? System.coreCount, System.coreCount)
     }
 
     /// Runs `scenario` in a fresh session and prints its report to stdout.
