@@ -332,6 +332,13 @@ public final class MessageLog: Sendable {
         return try await loadMembers(conversation)
     }
 
+    /// The sequence of the conversation's last stored message (0 when it has none): the
+    /// log's own when the conversation has been written to since it was loaded, else read.
+    public func lastSequence(of conversation: ConversationID) async throws(ChatError) -> Int64 {
+        if let cached = state.withLock({ $0.conversations[conversation]?.lastSequence }) { return cached }
+        return try await loadLastSequence(conversation)
+    }
+
     private func loadLastSequence(_ conversation: ConversationID) async throws(ChatError) -> Int64 {
         do {
             let rows = try await storage.scan(table: StorageLayout.messages, partition: Array(conversation.rawValue.utf8), StorageScan(reverse: true, limit: 1))

@@ -81,6 +81,12 @@ extension ChatService {
             guard let sequence = try Self.optionalInteger(fields, "seq") else { throw .invalid("missing 'seq'") }
             run(connection, id: id) { () throws(ChatError) in
                 let members = try await self.readableMembers(of: conversation, for: session)
+                // A cursor past what the user can have received would mark later messages
+                // read before they arrive; the cursor never moves back, so it is refused.
+                let readable = min(try await self.messages.lastSequence(of: conversation), members.readableRange(for: session.userID)?.upperBound ?? 0)
+                guard sequence <= readable else {
+                    throw .invalid("'seq' \(sequence) is beyond the last message you can have received in \(conversation) (\(readable))")
+                }
                 let (cursor, moved) = try await self.receipts.advance(conversation, userID: session.userID, kind: kind, to: sequence)
                 let event = FramePayload.bytes(JSONWriter.frame("receipt", id: nil) { writer in
                     writer.field("conversation", conversation.rawValue)

@@ -138,6 +138,17 @@ struct GroupTests {
         let miaLive = await memberInbox.messages.compactMap { $0["seq"]?.int64Value }
         #expect(!miaLive.contains(after["seq"]!.int64Value!), "a removed member receives nothing after removal")
         #expect(miaLive.contains { $0 > before["seq"]!.int64Value! }, "but is told of the removal itself")
+        let lastReadable = miaView.messages.compactMap { $0["seq"]?.int64Value }.max()!
+        for (seq, expected) in [(after["seq"]!.int64Value!, "invalid_request"), (lastReadable, "ok")] {
+            let outcome = await code {
+                _ = try await member.request("receipt") { writer in
+                    writer.field("conversation", conversation)
+                    writer.field("kind", "read")
+                    writer.field("seq", seq)
+                }
+            }
+            #expect(outcome == expected, "a removed member's read receipt for seq \(seq)")
+        }
 
         // Every membership change is an event in the group's sequence, in order.
         let history = try await owner.fetch(conversation: conversation, after: 0)

@@ -136,6 +136,16 @@ struct PresenceTests {
             writer.field("kind", "read")
             writer.field("seq", 1)
         }
+        do {
+            _ = try await phone.request("receipt") { writer in
+                writer.field("conversation", conversation)
+                writer.field("kind", "read")
+                writer.field("seq", 6)
+            }
+            Issue.record("a read receipt beyond the last message (5) was accepted")
+        } catch let error as ParleyError {
+            #expect(error.code == "invalid_request" && error.message.contains("(5)"))
+        }
         let receipts = try await bobSession.request("receipts") { $0.field("conversation", conversation) }
         #expect(receipts["members"]?.arrayValue?.first { $0["user"]?.stringValue == alice[0].userID }?["read_seq"]?.int64Value == 3, "a read cursor never moves back")
         for session in [bobSession, phone, laptop] { await session.close() }
