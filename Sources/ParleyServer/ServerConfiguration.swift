@@ -102,6 +102,15 @@ public struct ServerConfiguration: Sendable {
     private var overridePluginSettings: [String: [String: String]] = [:]
     /// PARLEY_PLUGIN_<NAME>_<SETTING> variables, resolved once plugin names are known.
     private var pluginEnvironment: [(String, String)] = []
+    /// PARLEY_* variables that set nothing (a misspelled setting, most likely), each with the
+    /// closest setting's variable when one is near; logged at start, not fatal, since other
+    /// programs (the `parley` client) read PARLEY_* variables of their own.
+    public private(set) var unusedEnvironment: [(name: String, suggestion: String?)] = []
+
+    /// PARLEY_* variables that other programs of the project read, not settings of parleyd.
+    static let otherProgramsVariables: Set<String> = [
+        "PARLEY_CONFIG", "PARLEY_CONFIG_DIR", "PARLEY_SERVER", "PARLEY_PASSWORD", "PARLEY_FOLLOW_SECONDS", "PARLEY_BENCHMARKS",
+    ]
 
     public static func environmentName(_ key: String) -> String {
         "PARLEY_" + key.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }.map(String.init).joined()
@@ -119,6 +128,7 @@ public struct ServerConfiguration: Sendable {
         for (name, value) in environment where name.hasPrefix("PARLEY_PLUGIN_") {
             pluginEnvironment.append((String(name.dropFirst("PARLEY_PLUGIN_".count)), value))
         }
+        unusedEnvironment = Self.unused(environment.keys)
         for override in overrides {
             guard let equals = override.firstIndex(of: "="), equals != override.startIndex else {
                 throw ConfigurationError(key: override, problem: "--set expects KEY=VALUE")
@@ -126,6 +136,31 @@ public struct ServerConfiguration: Sendable {
             try set(String(override[..<equals]), String(override[override.index(after: equals)...]), fromFile: false)
         }
         try validate()
+    }
+
+    /// The PARLEY_* names that are neither a setting, a plugin's setting nor another
+    /// program's, sorted, with the nearest setting's name when at most two edits away.
+    static func unused(_ names: some Sequence<String>) -> [(name: String, suggestion: String?)] {
+        let settings = ServerSetting.allCases.map(\.environmentVariable)
+        return names.filter { name in
+            name.hasPrefix("PARLEY_") && !name.hasPrefix("PARLEY_PLUGIN_") && !settings.contains(name) && !otherProgramsVariables.contains(name)
+        }.sorted().map { name in
+            let nearest = settings.map { ($0, editDistance(Array(name.utf8), Array($0.utf8))) }.min { $0.1 < $1.1 }
+            return (name, nearest.flatMap { $0.1 <= 2 ? $0.0 : nil })
+        }
+    }
+
+    /// Levenshtein distance between two byte strings.
+    private static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        var previous = Array(0...b.count)
+        for (i, x) in a.enumerated() {
+            var current = [i + 1] + Array(repeating: 0, count: b.count)
+            for (j, y) in b.enumerated() {
+                current[j + 1] = Swift.min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[b.count]
     }
 
     private mutating func set(_ key: String, _ value: String, fromFile: Bool) throws(ConfigurationError) {

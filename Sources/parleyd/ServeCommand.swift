@@ -50,6 +50,9 @@ struct Serve: AsyncParsableCommand {
         let metrics = ServerMetrics()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
         let logger = Logger(label: "parleyd")
+        for (name, suggestion) in configuration.unusedEnvironment {
+            logger.warning("environment variable \(name) is not a parleyd setting and is ignored\(suggestion.map { "; did you mean \($0)?" } ?? "") [config.unknown_variable]")
+        }
         let node: ParleyNode
         do {
             node = try await ParleyNode.start(configuration, metrics: metrics, logger: logger)

@@ -179,6 +179,23 @@ struct ProcessTests {
         #expect(server.log.contains("event loops: 1 (CPUs this process may use: 1 of "), "\(server.log)")
     }
 
+    /// A PARLEY_* variable that sets nothing is reported at start (with the setting it was
+    /// probably meant to be); the client's own variables are not.
+    @Test func anUnknownEnvironmentVariableIsReportedAtStart() throws {
+        let server = ParleydProcess(dataFolder: scratchFolder())
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PARLEY_") }
+        environment["PARLEY_DATA_FOLDR"] = "/nowhere"
+        environment["PARLEY_SERVER"] = "http://127.0.0.1:8080"
+        environment["PARLEY_COLOUR"] = "blue"
+        server.process.environment = environment
+        try server.start()
+        defer { server.signal(SIGTERM) }
+        let log = server.log
+        #expect(log.contains("environment variable PARLEY_DATA_FOLDR is not a parleyd setting and is ignored; did you mean PARLEY_DATA_FOLDER? [config.unknown_variable]"), "\(log)")
+        #expect(log.contains("environment variable PARLEY_COLOUR is not a parleyd setting and is ignored [config.unknown_variable]"), "\(log)")
+        #expect(!log.contains("PARLEY_SERVER"), "the parley client's variable is not reported")
+    }
+
     @Test func sigtermClosesConnectionsWithGoingAway() async throws {
         let server = ParleydProcess(dataFolder: scratchFolder())
         try server.start()
