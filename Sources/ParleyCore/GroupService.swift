@@ -46,13 +46,23 @@ public struct GroupService: Sendable {
 
     // MARK: Changes
 
-    public func create(_ session: Session, name: String, members usernames: [String]) async throws(ChatError) -> (SendAck, StoredMessage?) {
+    /// Creates a group owned by the session's user. With a `clientID`, the creation is
+    /// idempotent: the same user's same client id always names the same group (its id is
+    /// derived from both), so a resend is answered with the first creation's ack, marked
+    /// duplicate, and creates nothing.
+    public func create(_ session: Session, name: String, members usernames: [String], clientID: String? = nil) async throws(ChatError) -> (SendAck, StoredMessage?) {
         try Self.checkName(name)
         let invited = try await resolve(usernames).filter { $0.id != session.userID }
-        let conversation = ConversationID.group("gr_" + Sodium.randomBytes(10).hex)
+        let conversation: ConversationID
+        if let clientID {
+            conversation = .group("gr_" + Array(Sodium.hash(Array("\(session.userID)\u{0}\(clientID)".utf8)).prefix(10)).hex)
+        } else {
+            conversation = .group("gr_" + Sodium.randomBytes(10).hex)
+        }
         let limit = maxMembers
-        return try await change(session, conversation) { members, sequence throws(ChatError) in
-            guard !members.exists else { throw ChatError("conflict", "the group exists already", httpStatus: 409) }
+        let request = Self.eventRequest(session, conversation, clientID: clientID) { members, sequence throws(ChatError) in
+            // Any trace of the group (even deleted) means it was created before.
+            guard !members.exists, members.members.isEmpty else { throw Self.createdBefore }
             guard invited.count + 1 <= limit else { throw Self.full(limit) }
             members = ConversationMembers(exists: true, name: name, members: [session.userID: .init(role: .owner, fromSequence: sequence)])
             for user in invited { members.members[user.id] = .init(role: .member, fromSequence: sequence) }
@@ -63,7 +73,18 @@ public struct GroupService: Sendable {
                 Self.users(&writer, "members", [(session.userID, session.username, GroupRole.owner)] + invited.map { ($0.id, $0.username, GroupRole.member) })
             })
         }
+        try messages.validate(request)
+        if clientID != nil, let ack = try await messages.storedAck(of: request) { return (ack, nil) }
+        do {
+            return try await messages.send(request)
+        } catch where error.code == Self.createdBefore.code {
+            // A resend that came while the first was being stored: that one is stored now.
+            if clientID != nil, let ack = try await messages.storedAck(of: request) { return (ack, nil) }
+            throw ChatError("conflict", "the group exists already", httpStatus: 409)
+        }
     }
+
+    private static let createdBefore = ChatError("group_created_before", "the group was created before", httpStatus: 409)
 
     public func add(_ session: Session, _ conversation: ConversationID, members usernames: [String]) async throws(ChatError) -> (SendAck, StoredMessage?) {
         let users = try await resolve(usernames)
@@ -153,9 +174,14 @@ public struct GroupService: Sendable {
 
     private func change(_ session: Session, _ conversation: ConversationID, _ change: @escaping SendRequest.MembershipChange) async throws(ChatError) -> (SendAck, StoredMessage?) {
         guard conversation.kind == .group else { throw ChatError.invalid("\(conversation) is not a group") }
-        return try await messages.send(SendRequest(
-            sender: session, conversation: conversation, clientID: "event-" + Sodium.randomBytes(12).hex,
-            contentType: Self.eventContentType, body: "", membershipChange: change))
+        return try await messages.send(Self.eventRequest(session, conversation, clientID: nil, change))
+    }
+
+    /// A membership event to store: with the client's id when it gave one, else a fresh one.
+    private static func eventRequest(_ session: Session, _ conversation: ConversationID, clientID: String?, _ change: @escaping SendRequest.MembershipChange) -> SendRequest {
+        SendRequest(
+            sender: session, conversation: conversation, clientID: clientID ?? "event-" + Sodium.randomBytes(12).hex,
+            contentType: eventContentType, body: "", membershipChange: change)
     }
 
     // MARK: Helpers

@@ -606,14 +606,27 @@ public final class MessageLog: Sendable {
     }
 
     private func originalAck(of request: SendRequest) async -> Result<(SendAck, StoredMessage?), ChatError> {
-        do {
-            guard let value = try await storage.get(Self.clientKey(request)), value.count == 16,
-                let sequence = StorageLayout.sequence(fromKey: Array(value[0..<8])), let timestamp = StorageLayout.sequence(fromKey: Array(value[8..<16]))
-            else { return .failure(.storage("a stored client id has no sequence")) }
-            return .success((SendAck(conversation: request.conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: true), nil))
+        do throws(ChatError) {
+            guard let ack = try await storedAck(of: request) else { return .failure(.storage("a stored client id has no sequence")) }
+            return .success((ack, nil))
         } catch {
-            return .failure(AccountService.storageError(error))
+            return .failure(error)
         }
+    }
+
+    /// The ack of the send stored earlier with the request's sender and client id in its
+    /// conversation, marked duplicate; nil when there is none.
+    public func storedAck(of request: SendRequest) async throws(ChatError) -> SendAck? {
+        let value: [UInt8]?
+        do {
+            value = try await storage.get(Self.clientKey(request))
+        } catch {
+            throw AccountService.storageError(error)
+        }
+        guard let value, value.count == 16,
+            let sequence = StorageLayout.sequence(fromKey: Array(value[0..<8])), let timestamp = StorageLayout.sequence(fromKey: Array(value[8..<16]))
+        else { return nil }
+        return SendAck(conversation: request.conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: true)
     }
 
     /// Takes the pending send, not its request: passing `pending.request` copied the whole request.

@@ -10,7 +10,8 @@ extension ChatService {
         case "group_create":
             let name = try Self.string(fields, "name")
             let members = try Self.strings(fields, "members")
-            groupChange(connection, id: id) { () throws(ChatError) in try await self.groups.create(session, name: name, members: members) }
+            let clientID = try Self.optionalString(fields, "client_id")
+            groupChange(connection, id: id) { () throws(ChatError) in try await self.groups.create(session, name: name, members: members, clientID: clientID) }
         case "group_add":
             let conversation = try Self.conversation(fields)
             let members = try Self.strings(fields, "members")
@@ -139,6 +140,7 @@ extension ChatService {
                 writer.field("conversation", ack.conversation)
                 writer.field("seq", ack.sequence)
                 writer.field("ts", ack.timestamp)
+                if ack.duplicate { writer.field("duplicate", true) }
             }
         }
     }

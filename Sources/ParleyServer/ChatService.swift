@@ -380,6 +380,12 @@ public final class ChatService: Sendable {
         return text
     }
 
+    static func optionalString(_ fields: [String: JSONValue], _ key: String) throws(ChatError) -> String? {
+        guard let value = fields[key], value != .null else { return nil }
+        guard let text = value.stringValue else { throw .invalid("'\(key)' must be a string") }
+        return text
+    }
+
     static func optionalInteger(_ fields: [String: JSONValue], _ key: String) throws(ChatError) -> Int64? {
         guard let value = fields[key], value != .null else { return nil }
         guard let number = value.int64Value, number >= 0 else { throw .invalid("'\(key)' must be a whole number >= 0") }

@@ -55,6 +55,7 @@ extension Parley.Group {
                 let session = try await ChatClientSession.connect()
                 let reply = try await session.chat.request("group_create") { writer in
                     writer.field("name", name)
+                    writer.field("client_id", UUID().uuidString.lowercased())
                     writer.beginArray("members")
                     for member in members { writer.element(member) }
                     writer.endArray()

@@ -93,6 +93,55 @@ struct GroupTests {
         await server.stop()
     }
 
+    /// With a client_id, group_create is idempotent: resends (one racing the first request,
+    /// one after it, one after the group was deleted) answer with the first creation and
+    /// create nothing; another client id, or another user's same id, is another group.
+    @Test func groupCreateWithAClientIDIsIdempotent() async throws {
+        let server = try await TestServer.start()
+        let owner = try await server.connect(try await server.user("olivia")[0])
+        let other = try await server.connect(try await server.user("oscar")[0])
+        let bob = try await server.connect(try await server.user("bob")[0])
+        let bobInbox = Inbox(bob)
+        func create(_ session: ChatSession, _ clientID: String) async throws -> JSONValue {
+            try await session.request("group_create") { writer in
+                writer.field("name", "lunch")
+                writer.field("client_id", clientID)
+                writer.beginArray("members")
+                writer.element("bob")
+                writer.endArray()
+            }
+        }
+        // Four at once: the later ones find the group being created, or created.
+        let racing = try await withThrowingTaskGroup(of: JSONValue.self) { group in
+            for _ in 0..<4 { group.addTask { try await create(owner, "c1") } }
+            return try await group.reduce(into: [JSONValue]()) { $0.append($1) }
+        }
+        let first = try #require(racing.first { $0["duplicate"] == nil }, "one of the racing requests created the group")
+        let again = try await create(owner, "c1")
+        let conversation = try #require(first["conversation"]?.stringValue)
+        for reply in racing + [again] {
+            #expect(reply["conversation"]?.stringValue == conversation)
+            #expect(reply["seq"] == first["seq"] && reply["ts"] == first["ts"])
+        }
+        #expect(racing.filter { $0["duplicate"]?.boolValue == true }.count == 3, "the other three were answered as duplicates")
+        #expect(again["duplicate"]?.boolValue == true)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(await bobInbox.messages.filter { $0["conversation"]?.stringValue == conversation }.count == 1, "the member was told of one creation")
+        let history = try await owner.fetch(conversation: conversation, after: 0)
+        #expect(history.messages.count == 1, "one created event is stored")
+
+        let otherID = try await create(owner, "c2")["conversation"]?.stringValue
+        let otherUsers = try await create(other, "c1")["conversation"]?.stringValue
+        #expect(Set([conversation, otherID, otherUsers]).count == 3)
+
+        _ = try await change(owner, "group_delete", conversation)
+        let afterDeletion = try await create(owner, "c1")
+        #expect(afterDeletion["conversation"]?.stringValue == conversation && afterDeletion["duplicate"]?.boolValue == true, "a resend does not bring a deleted group back")
+        #expect(await code { _ = try await create(owner, "") } == "invalid_request")
+        for session in [owner, other, bob] { await session.close() }
+        await server.stop()
+    }
+
     @Test func rolesMembershipEventsAndHistoryFollowMembership() async throws {
         let server = try await TestServer.start()
         let owner = try await server.connect(try await server.user("olivia")[0])
