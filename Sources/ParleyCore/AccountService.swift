@@ -156,13 +156,20 @@ public final class AccountService: Sendable {
 
     /// The device a bearer token belongs to and its user's profile, or `unauthorized`.
     public func authenticate(token: String) async throws(ChatError) -> (session: Session, profile: UserProfile) {
-        try await storage.reading { () throws(ChatError) in try self.authenticateHere(token: token) }
+        guard Self.isPlausibleToken(token) else { throw .unauthorized }
+        return try await storage.reading { () throws(ChatError) in try self.authenticateHere(token: token) }
+    }
+
+    /// Whether the text could be a token at all (its length); anything else is refused
+    /// without a storage read.
+    public static func isPlausibleToken(_ token: String) -> Bool {
+        (32...128).contains(token.utf8.count)
     }
 
     /// `authenticate` on the current thread, which must be a plugin worker (inside
     /// `StorageBackend.onWorker`): both reads without a hand-over between them.
     public func authenticateHere(token: String) throws(ChatError) -> (session: Session, profile: UserProfile) {
-        guard token.utf8.count >= 32, token.utf8.count <= 128 else { throw .unauthorized }
+        guard Self.isPlausibleToken(token) else { throw .unauthorized }
         let stored: [UInt8]?
         do {
             stored = try storage.getHere(StorageLayout.key(StorageLayout.tokens, Self.tokenKey(token)))

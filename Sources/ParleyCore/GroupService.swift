@@ -51,16 +51,25 @@ public struct GroupService: Sendable {
     /// derived from both), so a resend is answered with the first creation's ack, marked
     /// duplicate, and creates nothing.
     public func create(_ session: Session, name: String, members usernames: [String], clientID: String? = nil) async throws(ChatError) -> (SendAck, StoredMessage?) {
-        try Self.checkName(name)
-        let invited = try await resolve(usernames).filter { $0.id != session.userID }
         let conversation: ConversationID
+        var eventID: String?
         if let clientID {
+            guard !clientID.isEmpty, clientID.utf8.count <= messages.limits.maxClientIDBytes else {
+                throw ChatError.invalid("client_id must have 1 to \(messages.limits.maxClientIDBytes) bytes")
+            }
             conversation = .group("gr_" + Array(Sodium.hash(Array("\(session.userID)\u{0}\(clientID)".utf8)).prefix(10)).hex)
+            // The created event's own client id, derived too, so it never takes the place of a
+            // message the client sends to the group with the same client id.
+            eventID = "created-" + Array(Sodium.hash(Array(clientID.utf8)).prefix(16)).hex
+            // A resend after the first is stored: answered before anything else is looked at.
+            if let ack = try await messages.storedAck(conversation, sender: session.userID, clientID: eventID!) { return (ack, nil) }
         } else {
             conversation = .group("gr_" + Sodium.randomBytes(10).hex)
         }
+        try Self.checkName(name)
+        let invited = try await resolve(usernames).filter { $0.id != session.userID }
         let limit = maxMembers
-        let request = Self.eventRequest(session, conversation, clientID: clientID) { members, sequence throws(ChatError) in
+        let request = Self.eventRequest(session, conversation, clientID: eventID) { members, sequence throws(ChatError) in
             // Any trace of the group (even deleted) means it was created before.
             guard !members.exists, members.members.isEmpty else { throw Self.createdBefore }
             guard invited.count + 1 <= limit else { throw Self.full(limit) }
@@ -73,13 +82,11 @@ public struct GroupService: Sendable {
                 Self.users(&writer, "members", [(session.userID, session.username, GroupRole.owner)] + invited.map { ($0.id, $0.username, GroupRole.member) })
             })
         }
-        try messages.validate(request)
-        if clientID != nil, let ack = try await messages.storedAck(of: request) { return (ack, nil) }
         do {
             return try await messages.send(request)
         } catch where error.code == Self.createdBefore.code {
             // A resend that came while the first was being stored: that one is stored now.
-            if clientID != nil, let ack = try await messages.storedAck(of: request) { return (ack, nil) }
+            if let eventID, let ack = try await messages.storedAck(conversation, sender: session.userID, clientID: eventID) { return (ack, nil) }
             throw ChatError("conflict", "the group exists already", httpStatus: 409)
         }
     }

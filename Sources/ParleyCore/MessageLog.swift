@@ -332,10 +332,11 @@ public final class MessageLog: Sendable {
         return try await loadMembers(conversation)
     }
 
-    /// The sequence of the conversation's last stored message (0 when it has none): the
-    /// log's own when the conversation has been written to since it was loaded, else read.
-    public func lastSequence(of conversation: ConversationID) async throws(ChatError) -> Int64 {
-        if let cached = state.withLock({ $0.conversations[conversation]?.lastSequence }) { return cached }
+    /// The sequence of the conversation's last stored message (0 when it has none). The log's
+    /// own value when it reaches `expected`, else read from storage: the log moves its value
+    /// only after a batch is answered, and the batch's recipients may already have it.
+    public func lastSequence(of conversation: ConversationID, expected: Int64 = 0) async throws(ChatError) -> Int64 {
+        if let cached = state.withLock({ $0.conversations[conversation]?.lastSequence }), cached >= expected { return cached }
         return try await loadLastSequence(conversation)
     }
 
@@ -346,10 +347,6 @@ public final class MessageLog: Sendable {
         } catch {
             throw AccountService.storageError(error)
         }
-    }
-
-    private static func clientKey(_ request: SendRequest) -> StorageKey {
-        StorageLayout.key(StorageLayout.clientIDs, request.conversation.rawValue, clientSortKey(request).bytes)
     }
 
     /// A client id's sort key within its conversation: the sender's user id, a zero byte, the client id.
@@ -607,26 +604,28 @@ public final class MessageLog: Sendable {
 
     private func originalAck(of request: SendRequest) async -> Result<(SendAck, StoredMessage?), ChatError> {
         do throws(ChatError) {
-            guard let ack = try await storedAck(of: request) else { return .failure(.storage("a stored client id has no sequence")) }
+            guard let ack = try await storedAck(request.conversation, sender: request.sender.userID, clientID: request.clientID) else {
+                return .failure(.storage("a stored client id has no sequence"))
+            }
             return .success((ack, nil))
         } catch {
             return .failure(error)
         }
     }
 
-    /// The ack of the send stored earlier with the request's sender and client id in its
-    /// conversation, marked duplicate; nil when there is none.
-    public func storedAck(of request: SendRequest) async throws(ChatError) -> SendAck? {
+    /// The ack of the send the sender stored earlier with this client id in the conversation,
+    /// marked duplicate; nil when there is none.
+    public func storedAck(_ conversation: ConversationID, sender userID: String, clientID: String) async throws(ChatError) -> SendAck? {
         let value: [UInt8]?
         do {
-            value = try await storage.get(Self.clientKey(request))
+            value = try await storage.get(StorageLayout.key(StorageLayout.clientIDs, conversation.rawValue, StorageBytes.joined(userID, clientID).bytes))
         } catch {
             throw AccountService.storageError(error)
         }
         guard let value, value.count == 16,
             let sequence = StorageLayout.sequence(fromKey: Array(value[0..<8])), let timestamp = StorageLayout.sequence(fromKey: Array(value[8..<16]))
         else { return nil }
-        return SendAck(conversation: request.conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: request.clientID, duplicate: true)
+        return SendAck(conversation: conversation.rawValue, sequence: sequence, timestamp: timestamp, clientID: clientID, duplicate: true)
     }
 
     /// Takes the pending send, not its request: passing `pending.request` copied the whole request.

@@ -84,7 +84,7 @@ extension ChatService {
                 let members = try await self.readableMembers(of: conversation, for: session)
                 // A cursor past what the user can have received would mark later messages
                 // read before they arrive; the cursor never moves back, so it is refused.
-                let readable = min(try await self.messages.lastSequence(of: conversation), members.readableRange(for: session.userID)?.upperBound ?? 0)
+                let readable = min(try await self.messages.lastSequence(of: conversation, expected: sequence), members.readableRange(for: session.userID)?.upperBound ?? 0)
                 guard sequence <= readable else {
                     throw .invalid("'seq' \(sequence) is beyond the last message you can have received in \(conversation) (\(readable))")
                 }

@@ -289,6 +289,11 @@ public final class ChatService: Sendable {
             fail(connection, id: id, .invalid("this connection is already authenticated"))
             return
         }
+        // Refused before any storage work, so a full worker queue cannot turn it into `busy`.
+        guard AccountService.isPlausibleToken(token) else {
+            refuseToken(connection, id: id)
+            return
+        }
         // One job on a plugin worker reads the token and the user, registers the connection and
         // queues the welcome: no task, one hand-over there and one back to the event loop.
         onWorker(connection, id: id) { () throws(ChatError) in
@@ -304,26 +309,39 @@ public final class ChatService: Sendable {
                     writer.field("device", session.deviceID)
                     writer.field("server_time", currentTimeMillis())
                 }
-                let added = connection.session.withLock { current -> Bool? in
-                    if current != nil { return false }
-                    if connection.closed.load(ordering: .acquiring) { return nil }
+                // Counted as online under the same lock: `disconnected` takes it too, so a close
+                // that comes meanwhile is always counted after the connection.
+                enum Registration { case added(comesOnline: Bool), closed, alreadyAuthenticated }
+                let registration = connection.session.withLock { current -> Registration in
+                    if current != nil { return .alreadyAuthenticated }
+                    if connection.closed.load(ordering: .acquiring) { return .closed }
                     current = session
                     self.registry.add(connection, userID: session.userID) { connection.send(welcome) }
-                    return true
+                    self.metrics.connections.increment()
+                    return .added(comesOnline: self.presence.connected(session.userID))
                 }
-                guard let added else { return }
-                guard added else { throw ChatError.invalid("this connection is already authenticated") }
-                self.metrics.connections.increment()
-                self.presence.connectedHere(session.userID, username: session.username)
+                switch registration {
+                case .added(let comesOnline):
+                    if comesOnline { self.presence.cameOnlineHere(session.userID, username: session.username) }
+                case .closed:
+                    return
+                case .alreadyAuthenticated:
+                    throw ChatError.invalid("this connection is already authenticated")
+                }
             } catch {
                 if error.code == ChatError.unauthorized.code {
-                    self.fail(connection, id: id, error)
-                    connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "invalid or revoked token")
+                    self.refuseToken(connection, id: id)
                     return
                 }
                 throw error
             }
         }
+    }
+
+    /// An unknown, revoked or malformed token: the error, then the connection is closed.
+    private func refuseToken(_ connection: ChatConnection, id: String?) {
+        fail(connection, id: id, .unauthorized)
+        connection.close(code: .init(codeNumber: ChatCloseCode.unauthorized), reason: "invalid or revoked token")
     }
 
     /// Called when a connection closes.

@@ -42,16 +42,20 @@ final class PresenceTracker: Sendable {
         state.withLock { $0.connections[userID] != nil }
     }
 
-    /// A connection of the user authenticated. Runs on a plugin worker: a user who comes
-    /// online has their contacts read here.
-    func connectedHere(_ userID: String, username: String) {
-        let comesOnline = state.withLock { state -> Bool in
+    /// A connection of the user authenticated: counted at once, under the connection's
+    /// session lock, so a close that follows is always counted after it. Returns whether the
+    /// user comes online; then `cameOnlineHere` follows, outside the lock.
+    func connected(_ userID: String) -> Bool {
+        state.withLock { state -> Bool in
             state.leaving[userID] = nil
             let previous = state.connections[userID]
             state.connections[userID] = (previous ?? 0) + 1
             return previous == nil
         }
-        guard comesOnline else { return }
+    }
+
+    /// Reads the contacts of a user who came online and tells those online. On a plugin worker.
+    func cameOnlineHere(_ userID: String, username: String) {
         let contacts = loadContactsHere(userID)
         let watchers: Set<String> = state.withLock { state in
             guard state.connections[userID] != nil else { return [] }

@@ -129,6 +129,13 @@ struct GroupTests {
         #expect(await bobInbox.messages.filter { $0["conversation"]?.stringValue == conversation }.count == 1, "the member was told of one creation")
         let history = try await owner.fetch(conversation: conversation, after: 0)
         #expect(history.messages.count == 1, "one created event is stored")
+        let message = try await owner.request("send") { writer in
+            writer.field("conversation", conversation)
+            writer.field("client_id", "c1")
+            writer.field("content_type", "text/plain")
+            writer.field("body", "first message")
+        }
+        #expect(message["duplicate"]?.boolValue == false && message["seq"]?.int64Value == 2, "a send may reuse the group_create's client_id")
 
         let otherID = try await create(owner, "c2")["conversation"]?.stringValue
         let otherUsers = try await create(other, "c1")["conversation"]?.stringValue
