@@ -131,19 +131,20 @@ enum Samples {
 
     /// A stored message's record, as the message log writes it.
     static func record() -> [UInt8] {
-        var writer = JSONWriter(capacity: 512)
-        writer.beginObject()
-        writer.field("conversation", conversation.rawValue)
-        writer.field("seq", 4_242)
-        writer.field("ts", 1_796_000_000_000)
-        writer.field("from", sender.userID)
-        writer.field("from_device", sender.deviceID)
-        writer.field("sender", sender.username)
-        writer.field("client_id", "c-000042")
-        writer.field("content_type", "text/plain")
-        writer.field("body", body)
-        writer.endObject()
-        return writer.bytes
+        // As the message log writes it: into the array's own storage.
+        JSONWriter.array(capacity: 512) { writer in
+            writer.beginObject()
+            writer.field("conversation", conversation.rawValue)
+            writer.field("seq", 4_242)
+            writer.field("ts", 1_796_000_000_000)
+            writer.field("from", sender.userID)
+            writer.field("from_device", sender.deviceID)
+            writer.field("sender", sender.username)
+            writer.field("client_id", "c-000042")
+            writer.field("content_type", "text/plain")
+            writer.field("body", body)
+            writer.endObject()
+        }
     }
 
     /// Submits every request at once and waits until all are answered; returns how many failed.

@@ -633,19 +633,19 @@ public final class MessageLog: Sendable {
         // Keys, punctuation and numbers take about 130 bytes; sized whole, the record never regrows.
         let strings = pending.request.conversation.rawValue.utf8.count + pending.request.sender.userID.utf8.count + pending.request.sender.deviceID.utf8.count
             + pending.request.sender.username.utf8.count + pending.request.clientID.utf8.count + pending.request.contentType.utf8.count + body.utf8.count
-        var writer = JSONWriter(capacity: 160 + strings)
-        writer.beginObject()
-        writer.field("conversation", pending.request.conversation.rawValue)
-        writer.field("seq", sequence)
-        writer.field("ts", timestamp)
-        writer.field("from", pending.request.sender.userID)
-        writer.field("from_device", pending.request.sender.deviceID)
-        writer.field("sender", pending.request.sender.username)
-        writer.field("client_id", pending.request.clientID)
-        writer.field("content_type", pending.request.contentType)
-        writer.field("body", body)
-        writer.endObject()
-        return writer.bytes
+        return JSONWriter.array(capacity: 160 + strings) { writer in
+            writer.beginObject()
+            writer.field("conversation", pending.request.conversation.rawValue)
+            writer.field("seq", sequence)
+            writer.field("ts", timestamp)
+            writer.field("from", pending.request.sender.userID)
+            writer.field("from_device", pending.request.sender.deviceID)
+            writer.field("sender", pending.request.sender.username)
+            writer.field("client_id", pending.request.clientID)
+            writer.field("content_type", pending.request.contentType)
+            writer.field("body", body)
+            writer.endObject()
+        }
     }
 
     /// Messages of a conversation in ascending order: after `after` (forward paging) or,

@@ -364,15 +364,43 @@ public struct JSONWriter: ~Copyable {
     private var hasElement: UInt64 = 0
     private var depth = 0
 
+    /// False while the writer writes into memory it was lent (`array(capacity:_:)`); it
+    /// moves to memory of its own when that is full.
+    private var owned = true
+
     public init(capacity: Int = 256) {
         self.capacity = max(16, capacity)
         base = .allocate(capacity: self.capacity)
     }
 
-    deinit { base.deallocate() }
+    private init(lent memory: UnsafeMutableBufferPointer<UInt8>) {
+        base = memory.baseAddress!
+        capacity = memory.count
+        owned = false
+    }
+
+    deinit { if owned { base.deallocate() } }
 
     /// The JSON text written so far.
     public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
+
+    /// JSON written by `body` straight into the storage of the array returned, which has room
+    /// for `capacity` bytes: no second allocation and no copy when the text fits, as `bytes`
+    /// would make. Text that outgrows it is copied once more.
+    public static func array(capacity: Int, _ body: (inout JSONWriter) -> Void) -> [UInt8] {
+        var outgrown: [UInt8]?
+        let text = [UInt8](unsafeUninitializedCapacity: max(16, capacity)) { memory, initialized in
+            var writer = JSONWriter(lent: memory)
+            body(&writer)
+            if writer.owned {
+                outgrown = writer.bytes
+                initialized = 0
+            } else {
+                initialized = writer.count
+            }
+        }
+        return outgrown ?? text
+    }
 
     public mutating func beginObject() { separator(); open(UInt8(ascii: "{")) }
     public mutating func endObject() { close(UInt8(ascii: "}")) }
@@ -393,13 +421,13 @@ public struct JSONWriter: ~Copyable {
     /// the chat protocol (a null `id` for events and unnamed replies).
     public static func frame(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
         // An ack, the most frequent frame, takes about 180 bytes: room for it from the start.
-        var writer = JSONWriter(capacity: 256)
-        writer.beginObject()
-        writer.field("type", type)
-        writer.field("id", id)
-        fields(&writer)
-        writer.endObject()
-        return writer.bytes
+        array(capacity: 256) { writer in
+            writer.beginObject()
+            writer.field("type", type)
+            writer.field("id", id)
+            fields(&writer)
+            writer.endObject()
+        }
     }
 
     /// Appends an array element that is a string.
@@ -546,7 +574,8 @@ public struct JSONWriter: ~Copyable {
         let grown = max(needed, capacity * 2)
         let memory = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
         memory.initialize(from: base, count: count)
-        base.deallocate()
+        if owned { base.deallocate() }
+        owned = true
         base = memory
         capacity = grown
     }

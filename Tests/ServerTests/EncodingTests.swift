@@ -36,6 +36,27 @@ struct EncodingTests {
         #expect(parsed["negative"]?.int64Value == -42)
     }
 
+    /// Text written into an array's own storage (`JSONWriter.array`) is the same whether it
+    /// fits the room given, fills it exactly, or outgrows it once or many times.
+    @Test func textWrittenInPlaceIsTheSameAtEveryCapacity() {
+        func write(_ writer: inout JSONWriter, _ body: String) {
+            writer.beginObject()
+            writer.field("type", "message")
+            writer.field("body", body)
+            writer.field("seq", 42)
+            writer.endObject()
+        }
+        for length in [0, 1, 7, 100, 1_000] {
+            let body = String(repeating: "é\"x", count: length)
+            var reference = JSONWriter(capacity: 16)
+            write(&reference, body)
+            let expected = reference.bytes
+            for capacity in [0, 16, expected.count - 1, expected.count, expected.count + 1, 4 * expected.count] {
+                #expect(JSONWriter.array(capacity: capacity) { write(&$0, body) } == expected, "body \(length), capacity \(capacity)")
+            }
+        }
+    }
+
     /// The writer looks for bytes to escape eight at a time: every ASCII byte, at every
     /// position of a word and of the tail, must be found (or left alone) as one at a time would.
     @Test func everyByteThatNeedsEscapingIsFoundAtEveryPosition() {
