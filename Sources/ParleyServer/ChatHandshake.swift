@@ -9,6 +9,7 @@
 import Foundation
 import NIOCore
 import ParleyJSON
+import ParleyWebSocket
 
 final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -51,7 +52,7 @@ final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler
             received!.writeBuffer(&bytes)
         }
         let view = received!.readableBytesView
-        let end = Self.endOfHead(view, from: scanFrom)
+        let end = received!.withUnsafeReadableBytes { HTTPHead.end(in: $0, from: scanFrom) }
         guard (end ?? view.count) <= Self.maxHeadBytes else {
             refuse(context, HandshakeRefusal(status: "431 Request Header Fields Too Large", code: "headers_too_large", message: "the request head is larger than \(Self.maxHeadBytes) bytes"))
             return
@@ -115,19 +116,6 @@ final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler
         response.writeBytes(body.bytes)
         context.writeAndFlush(wrapOutboundOut(response), promise: nil)
         context.close(mode: .output, promise: nil)
-    }
-
-    /// The offset of the blank line ("\r\n\r\n") that ends the head, searching from `start`.
-    private static func endOfHead(_ bytes: ByteBufferView, from start: Int) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        var index = bytes.startIndex + start
-        while index + 3 < bytes.endIndex {
-            if bytes[index] == 0x0D, bytes[index + 1] == 0x0A, bytes[index + 2] == 0x0D, bytes[index + 3] == 0x0A {
-                return index - bytes.startIndex
-            }
-            index += 1
-        }
-        return nil
     }
 }
 

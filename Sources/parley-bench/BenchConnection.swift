@@ -167,14 +167,14 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     private func readAnswer(_ context: ChannelHandlerContext, _ bytes: inout ByteBuffer) -> ByteBuffer? {
         if answer == nil { answer = bytes } else { answer!.writeBuffer(&bytes) }
         let view = answer!.readableBytesView
-        guard let end = view.firstRange(of: [13, 10, 13, 10]) else {
+        guard let endOfHead = answer!.withUnsafeReadableBytes({ HTTPHead.end(in: $0) }) else {
             if view.count > 16_384 {
                 welcomed.fail(BenchFailure("the server's answer to the upgrade has no end"))
                 context.close(promise: nil)
             }
             return nil
         }
-        let head = String(decoding: view[view.startIndex..<end.lowerBound], as: UTF8.self)
+        let head = String(decoding: view[view.startIndex..<(view.startIndex + endOfHead)], as: UTF8.self)
         guard head.hasPrefix("HTTP/1.1 101 ") else {
             let status = head.split(separator: " ", maxSplits: 2).dropFirst().first ?? "?"
             welcomed.fail(BenchFailure("the upgrade was refused with HTTP \(status)"))
@@ -183,7 +183,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         upgraded = true
         var rest = answer!
-        rest.moveReaderIndex(forwardBy: end.upperBound - view.startIndex)
+        rest.moveReaderIndex(forwardBy: endOfHead + 4)
         answer = nil
         return rest
     }

@@ -36,6 +36,24 @@ struct EncodingTests {
         #expect(parsed["negative"]?.int64Value == -42)
     }
 
+    /// The end of an HTTP head is found wherever it lies, searching from any point before it,
+    /// and never in a head cut short: every cut of a real request, every start offset.
+    @Test func theEndOfAnHTTPHeadIsFoundAtEveryCutAndStart() {
+        let head = Array("GET /v1/ws HTTP/1.1\r\nHost: a\r\n\rX: \r\r\n\r\n".utf8)
+        let end = head.count - 4
+        let request = head + Array("after\r\n\r\n".utf8)
+        for cut in 0...request.count {
+            let bytes = Array(request.prefix(cut))
+            for start in 0...max(0, cut - 3) {
+                let found = bytes.withUnsafeBytes { HTTPHead.end(in: $0, from: start) }
+                // The head's end, or past it the end of the bytes that follow it (a second blank line).
+                let second = request.count - 4
+                let expected: Int? = start <= end && cut >= end + 4 ? end : (start > end && start <= second && cut == request.count ? second : nil)
+                #expect(found == expected, "cut \(cut), start \(start)")
+            }
+        }
+    }
+
     /// Text written into an array's own storage (`JSONWriter.array`) is the same whether it
     /// fits the room given, fills it exactly, or outgrows it once or many times.
     @Test func textWrittenInPlaceIsTheSameAtEveryCapacity() {
