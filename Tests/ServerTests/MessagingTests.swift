@@ -2,7 +2,9 @@
 // idempotent resends.
 import Foundation
 import ParleyClient
+import ParleyCore
 import ParleyJSON
+import ParleyServer
 import Testing
 
 @Suite("Messaging", .serialized)
@@ -212,6 +214,26 @@ struct MessagingTests {
         #expect(page["messages"]?.arrayValue?.compactMap { $0["seq"]?.int64Value } == [16, 17, 18, 19, 20])
         #expect(page["more"]?.boolValue == true)
         await session.close()
+        await server.stop()
+    }
+
+    /// The log's cached last sequence can lag behind storage: it moves only after a batch is
+    /// answered, and another log (another node) may have stored more. Asked for at least a given
+    /// sequence, the log reads storage instead of refusing what is stored.
+    @Test func lastSequenceReadsStorageWhenTheCacheIsBehind() async throws {
+        let server = try await TestServer.start()
+        let first = MessageLog(storage: server.node.runtime.storage)
+        let second = MessageLog(storage: server.node.runtime.storage)
+        let conversation = ConversationID.direct("u_lastseq_a", "u_lastseq_b")
+        let sender = Session(userID: "u_lastseq_a", deviceID: "dv_a", username: "a")
+        func request(_ clientID: String) -> SendRequest {
+            SendRequest(sender: sender, conversation: conversation, clientID: clientID, contentType: "text/plain", body: clientID)
+        }
+        #expect(try await first.send(request("one")).0.sequence == 1)
+        #expect(try await second.send(request("two")).0.sequence == 2, "the second log reads the stored sequence")
+        #expect(try await first.lastSequence(of: conversation) == 1, "the first log's own value is behind")
+        #expect(try await first.lastSequence(of: conversation, expected: 2) == 2, "asked for 2, it reads storage")
+        #expect(try await first.lastSequence(of: conversation, expected: 3) == 2)
         await server.stop()
     }
 }
