@@ -334,10 +334,15 @@ public final class MessageLog: Sendable {
 
     /// The sequence of the conversation's last stored message (0 when it has none). The log's
     /// own value when it reaches `expected`, else read from storage: the log moves its value
-    /// only after a batch is answered, and the batch's recipients may already have it.
+    /// before it answers a batch, but another node may have stored more.
     public func lastSequence(of conversation: ConversationID, expected: Int64 = 0) async throws(ChatError) -> Int64 {
-        if let cached = state.withLock({ $0.conversations[conversation]?.lastSequence }), cached >= expected { return cached }
+        if let cached = cachedLastSequence(of: conversation), cached >= expected { return cached }
         return try await loadLastSequence(conversation)
+    }
+
+    /// The log's own last sequence of the conversation, if it has the conversation loaded.
+    package func cachedLastSequence(of conversation: ConversationID) -> Int64? {
+        state.withLock { $0.conversations[conversation]?.lastSequence }
     }
 
     private func loadLastSequence(_ conversation: ConversationID) async throws(ChatError) -> Int64 {
@@ -544,6 +549,10 @@ public final class MessageLog: Sendable {
         storage.applyHere(built.writes) { [self] result in
             switch result {
             case .success:
+                // The log's last sequence moves before anyone is answered, so a recipient's
+                // receipt for these messages always finds them stored; `writing` still holds
+                // the next batch back until `finishWrite`.
+                state.withLock { $0.conversations[batch.conversation]?.lastSequence = built.lastSequence }
                 // Answer (and so deliver) this batch before the next one can start: a plugin that
                 // completes on the worker thread would otherwise let another worker store and
                 // deliver the next sequences while these are still being handed out.

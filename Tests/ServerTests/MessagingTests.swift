@@ -5,6 +5,7 @@ import ParleyClient
 import ParleyCore
 import ParleyJSON
 import ParleyServer
+import Synchronization
 import Testing
 
 @Suite("Messaging", .serialized)
@@ -217,9 +218,33 @@ struct MessagingTests {
         await server.stop()
     }
 
-    /// The log's cached last sequence can lag behind storage: it moves only after a batch is
-    /// answered, and another log (another node) may have stored more. Asked for at least a given
-    /// sequence, the log reads storage instead of refusing what is stored.
+    /// When a send is answered (its ack, its delivery), the log's own last sequence already
+    /// includes it: a receipt sent the moment the message arrives is never refused.
+    @Test func theLastSequenceMovesBeforeTheSendIsAnswered() async throws {
+        let server = try await TestServer.start()
+        let log = MessageLog(storage: server.node.runtime.storage)
+        let conversation = ConversationID.direct("u_answer_a", "u_answer_b")
+        let sender = Session(userID: "u_answer_a", deviceID: "dv_a", username: "a")
+        let seen = Mutex<[(acked: Int64, cached: Int64?)]>([])
+        let done = AsyncStream<Void>.makeStream()
+        for index in 1...20 {
+            log.submit(SendRequest(sender: sender, conversation: conversation, clientID: "m\(index)", contentType: "text/plain", body: "m\(index)")) { result in
+                let acked = (try? result.get().0.sequence) ?? -1
+                // Read in the completion itself, as a receipt racing the delivery would.
+                let count = seen.withLock { $0.append((acked, log.cachedLastSequence(of: conversation))); return $0.count }
+                if count == 20 { done.continuation.finish() }
+            }
+        }
+        for await _ in done.stream {}
+        for (acked, cached) in seen.withLock({ $0 }) {
+            #expect(acked > 0 && (cached ?? 0) >= acked, "acked \(acked) while the log's last sequence was \(cached.map(String.init) ?? "unknown")")
+        }
+        await server.stop()
+    }
+
+    /// The log's cached last sequence can lag behind storage when another log (another node)
+    /// has stored more. Asked for at least a given sequence, the log reads storage instead of
+    /// refusing what is stored.
     @Test func lastSequenceReadsStorageWhenTheCacheIsBehind() async throws {
         let server = try await TestServer.start()
         let first = MessageLog(storage: server.node.runtime.storage)
