@@ -302,14 +302,12 @@ public final class AccountService: Sendable {
     private static func tokenKey(_ token: String) -> String { Sodium.hash(Array(token.utf8)).hex }
 
     private static func encode(_ profile: UserProfile, passwordHash: String) -> [UInt8] {
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.field("id", profile.id)
-        writer.field("username", profile.username)
-        writer.field("display_name", profile.displayName)
-        writer.field("password", passwordHash)
-        writer.endObject()
-        return writer.bytes
+        JSONWriter.object(capacity: 256) { writer in
+            writer.field("id", profile.id)
+            writer.field("username", profile.username)
+            writer.field("display_name", profile.displayName)
+            writer.field("password", passwordHash)
+        }
     }
 
     private static func decodeUser(_ bytes: [UInt8]) -> (UserProfile, String)? {
@@ -320,14 +318,12 @@ public final class AccountService: Sendable {
     }
 
     private static func encode(_ device: DeviceInfo, tokenHash: String) -> [UInt8] {
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.field("id", device.id)
-        writer.field("name", device.name)
-        writer.field("created_at", device.createdAt)
-        writer.field("token_hash", tokenHash)
-        writer.endObject()
-        return writer.bytes
+        JSONWriter.object(capacity: 256) { writer in
+            writer.field("id", device.id)
+            writer.field("name", device.name)
+            writer.field("created_at", device.createdAt)
+            writer.field("token_hash", tokenHash)
+        }
     }
 
     private static func decodeDevice(_ bytes: [UInt8]) -> (device: DeviceInfo, tokenHash: String)? {

@@ -60,9 +60,10 @@ public struct GroupService: Sendable {
             conversation = .group("gr_" + Array(Sodium.hash(Array("\(session.userID)\u{0}\(clientID)".utf8)).prefix(10)).hex)
             // The created event's own client id, derived too, so it never takes the place of a
             // message the client sends to the group with the same client id.
-            eventID = "created-" + Array(Sodium.hash(Array(clientID.utf8)).prefix(16)).hex
+            let derived = "created-" + Array(Sodium.hash(Array(clientID.utf8)).prefix(16)).hex
+            eventID = derived
             // A resend after the first is stored: answered before anything else is looked at.
-            if let ack = try await messages.storedAck(conversation, sender: session.userID, clientID: eventID!) { return (ack, nil) }
+            if let ack = try await messages.storedAck(conversation, sender: session.userID, clientID: derived) { return (ack, nil) }
         } else {
             conversation = .group("gr_" + Sodium.randomBytes(10).hex)
         }
@@ -221,33 +222,30 @@ public struct GroupService: Sendable {
     }
 
     private static func memberRow(_ conversation: ConversationID, _ userID: String, _ member: ConversationMembers.Member) -> StorageWrite {
-        var writer = JSONWriter(capacity: 64)
-        writer.beginObject()
-        writer.field("role", member.role.rawValue)
-        writer.field("from", member.fromSequence)
-        if let until = member.untilSequence { writer.field("until", until) }
-        writer.endObject()
-        return .put(StorageLayout.key(StorageLayout.groupMembers, conversation.rawValue, Array(userID.utf8)), value: writer.bytes)
+        let value = JSONWriter.object(capacity: 64) { writer in
+            writer.field("role", member.role.rawValue)
+            writer.field("from", member.fromSequence)
+            if let until = member.untilSequence { writer.field("until", until) }
+        }
+        return .put(StorageLayout.key(StorageLayout.groupMembers, conversation.rawValue, Array(userID.utf8)), value: value)
     }
 
     private static func groupRecord(_ conversation: ConversationID, name: String, deleted: Bool) -> StorageWrite {
-        var writer = JSONWriter(capacity: 96)
-        writer.beginObject()
-        writer.field("name", name)
-        writer.field("deleted", deleted)
-        writer.endObject()
-        return .put(StorageLayout.key(StorageLayout.groups, conversation.rawValue), value: writer.bytes)
+        let value = JSONWriter.object(capacity: 96) { writer in
+            writer.field("name", name)
+            writer.field("deleted", deleted)
+        }
+        return .put(StorageLayout.key(StorageLayout.groups, conversation.rawValue), value: value)
     }
 
     private static func event(_ kind: String, by session: Session, _ fields: (inout JSONWriter) -> Void) -> String {
-        var writer = JSONWriter(capacity: 128)
-        writer.beginObject()
-        writer.field("event", kind)
-        writer.field("by", session.userID)
-        writer.field("by_username", session.username)
-        fields(&writer)
-        writer.endObject()
-        return String(decoding: writer.bytes, as: UTF8.self)
+        let text = JSONWriter.object(capacity: 128) { writer in
+            writer.field("event", kind)
+            writer.field("by", session.userID)
+            writer.field("by_username", session.username)
+            fields(&writer)
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     private static func users(_ writer: inout JSONWriter, _ key: String, _ users: [(String, String, GroupRole)]) {

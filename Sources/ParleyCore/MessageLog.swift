@@ -356,7 +356,11 @@ public final class MessageLog: Sendable {
 
     /// A client id's sort key within its conversation: the sender's user id, a zero byte, the client id.
     private static func clientSortKey(_ request: borrowing SendRequest) -> StorageBytes {
-        .joined(request.sender.userID, request.clientID)
+        clientSortKey(request.sender.userID, request.clientID)
+    }
+
+    private static func clientSortKey(_ userID: String, _ clientID: String) -> StorageBytes {
+        .joined(userID, clientID)
     }
 
     /// A sender's client id, to find resends within one batch. Hashed by the client id
@@ -513,13 +517,11 @@ public final class MessageLog: Sendable {
 
     /// A `user_conversations` or `conversation_heads` value.
     private static func summaryValue(_ sequence: Int64, _ timestamp: Int64, live: Bool) -> [UInt8] {
-        var writer = JSONWriter(capacity: 64)
-        writer.beginObject()
-        writer.field("last_seq", sequence)
-        writer.field("last_ts", timestamp)
-        if live { writer.field("live", true) }
-        writer.endObject()
-        return writer.bytes
+        JSONWriter.object(capacity: 64) { writer in
+            writer.field("last_seq", sequence)
+            writer.field("last_ts", timestamp)
+            if live { writer.field("live", true) }
+        }
     }
 
     /// Answers each stored send with its ack and the message to deliver.
@@ -627,7 +629,7 @@ public final class MessageLog: Sendable {
     public func storedAck(_ conversation: ConversationID, sender userID: String, clientID: String) async throws(ChatError) -> SendAck? {
         let value: [UInt8]?
         do {
-            value = try await storage.get(StorageLayout.key(StorageLayout.clientIDs, conversation.rawValue, StorageBytes.joined(userID, clientID).bytes))
+            value = try await storage.get(StorageLayout.key(StorageLayout.clientIDs, conversation.rawValue, Self.clientSortKey(userID, clientID).bytes))
         } catch {
             throw AccountService.storageError(error)
         }
@@ -642,8 +644,7 @@ public final class MessageLog: Sendable {
         // Keys, punctuation and numbers take about 130 bytes; sized whole, the record never regrows.
         let strings = pending.request.conversation.rawValue.utf8.count + pending.request.sender.userID.utf8.count + pending.request.sender.deviceID.utf8.count
             + pending.request.sender.username.utf8.count + pending.request.clientID.utf8.count + pending.request.contentType.utf8.count + body.utf8.count
-        return JSONWriter.array(capacity: 160 + strings) { writer in
-            writer.beginObject()
+        return JSONWriter.object(capacity: 160 + strings) { writer in
             writer.field("conversation", pending.request.conversation.rawValue)
             writer.field("seq", sequence)
             writer.field("ts", timestamp)
@@ -653,7 +654,6 @@ public final class MessageLog: Sendable {
             writer.field("client_id", pending.request.clientID)
             writer.field("content_type", pending.request.contentType)
             writer.field("body", body)
-            writer.endObject()
         }
     }
 

@@ -30,24 +30,23 @@ public struct ToDeviceQueue: Sendable {
         let nanos = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
         let sortKey = withUnsafeBytes(of: nanos.bigEndian) { Array($0) } + Sodium.randomBytes(8)
         let id = sortKey.hex
-        var writer = JSONWriter(capacity: 160 + body.utf8.count)
-        writer.beginObject()
-        writer.field("id", id)
-        writer.field("from", session.userID)
-        writer.field("from_device", session.deviceID)
-        writer.field("sender", session.username)
-        writer.field("to", targetUser)
-        writer.field("to_device", targetDevice)
-        writer.field("ts", Int64(nanos / 1_000_000))
-        writer.field("content_type", contentType)
-        writer.field("body", body)
-        writer.endObject()
+        let record = JSONWriter.object(capacity: 160 + body.utf8.count) { writer in
+            writer.field("id", id)
+            writer.field("from", session.userID)
+            writer.field("from_device", session.deviceID)
+            writer.field("sender", session.username)
+            writer.field("to", targetUser)
+            writer.field("to_device", targetDevice)
+            writer.field("ts", Int64(nanos / 1_000_000))
+            writer.field("content_type", contentType)
+            writer.field("body", body)
+        }
         do {
-            try await storage.apply([.put(StorageLayout.key(StorageLayout.toDevice, targetDevice, sortKey), value: writer.bytes)])
+            try await storage.apply([.put(StorageLayout.key(StorageLayout.toDevice, targetDevice, sortKey), value: record)])
         } catch {
             throw AccountService.storageError(error)
         }
-        return ToDeviceMessage(id: id, targetDevice: targetDevice, record: writer.bytes)
+        return ToDeviceMessage(id: id, targetDevice: targetDevice, record: record)
     }
 
     /// The oldest unacknowledged messages for a device.

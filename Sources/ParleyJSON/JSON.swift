@@ -421,10 +421,18 @@ public struct JSONWriter: ~Copyable {
     /// the chat protocol (a null `id` for events and unnamed replies).
     public static func frame(_ type: String, id: String?, _ fields: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
         // An ack, the most frequent frame, takes about 180 bytes: room for it from the start.
-        array(capacity: 256) { writer in
-            writer.beginObject()
+        object(capacity: 256) { writer in
             writer.field("type", type)
             writer.field("id", id)
+            fields(&writer)
+        }
+    }
+
+    /// `{` the fields `}`, written as `array(capacity:_:)` writes: the shape of every record,
+    /// row value and body the server stores or sends.
+    public static func object(capacity: Int, _ fields: (inout JSONWriter) -> Void) -> [UInt8] {
+        array(capacity: capacity) { writer in
+            writer.beginObject()
             fields(&writer)
             writer.endObject()
         }

@@ -7,10 +7,14 @@ import ParleyWebSocket
 
 package enum ChatFrames {
     static func error(id: String?, _ error: ChatError) -> [UInt8] {
-        JSONWriter.frame("error", id: id) { writer in
-            writer.field("code", error.code)
-            writer.field("message", error.message)
-        }
+        JSONWriter.frame("error", id: id) { errorFields(&$0, code: error.code, message: error.message) }
+    }
+
+    /// An error's stable code and its message: in an `error` frame, and as the whole body of
+    /// an HTTP error answer (the API's and the refused handshake's).
+    static func errorFields(_ writer: inout JSONWriter, code: String, message: String) {
+        writer.field("code", code)
+        writer.field("message", message)
     }
 
     package static func ack(id: String?, _ ack: SendAck) -> [UInt8] {

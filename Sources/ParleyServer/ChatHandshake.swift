@@ -104,16 +104,12 @@ final class ChatHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler
     private func refuse(_ context: ChannelHandlerContext, _ refusal: HandshakeRefusal) {
         answered = true
         received = nil
-        var body = JSONWriter(capacity: 128)
-        body.beginObject()
-        body.field("code", refusal.code)
-        body.field("message", refusal.message)
-        body.endObject()
-        var response = context.channel.allocator.buffer(capacity: 256 + body.bytes.count)
+        let body = JSONWriter.object(capacity: 128) { ChatFrames.errorFields(&$0, code: refusal.code, message: refusal.message) }
+        var response = context.channel.allocator.buffer(capacity: 256 + body.count)
         response.writeString("HTTP/1.1 \(refusal.status)\r\n")
         for (name, value) in refusal.headers { response.writeString("\(name): \(value)\r\n") }
-        response.writeString("Content-Type: application/json\r\nContent-Length: \(body.bytes.count)\r\nConnection: close\r\n\r\n")
-        response.writeBytes(body.bytes)
+        response.writeString("Content-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n")
+        response.writeBytes(body)
         context.writeAndFlush(wrapOutboundOut(response), promise: nil)
         context.close(mode: .output, promise: nil)
     }

@@ -158,19 +158,12 @@ public struct HTTPAPI: Sendable {
             return try await body()
         } catch {
             let error = error as? ChatError ?? ChatError("internal", "internal error", httpStatus: 500)
-            return json(HTTPResponse.Status(code: error.httpStatus)) { writer in
-                writer.field("code", error.code)
-                writer.field("message", error.message)
-            }
+            return json(HTTPResponse.Status(code: error.httpStatus)) { ChatFrames.errorFields(&$0, code: error.code, message: error.message) }
         }
     }
 
     static func json(_ status: HTTPResponse.Status, _ fields: (inout JSONWriter) -> Void) -> Response {
-        var writer = JSONWriter()
-        writer.beginObject()
-        fields(&writer)
-        writer.endObject()
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: writer.bytes)))
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.object(capacity: 256, fields))))
     }
 
     static func body(_ request: Request) async throws(ChatError) -> [String: JSONValue] {
