@@ -17,9 +17,23 @@ struct BenchOptions: ParsableArguments {
     @Flag(help: "Print the report as JSON instead of a table.")
     var json = false
 
+    @Option(name: .customLong("report-file"), help: "Also write the report as JSON to this file.")
+    var reportFile: String?
+
     @Option(name: .customLong("server-cpu"), help: "Pin the started parleyd to this CPU core (taskset).")
     var serverCPU: Int?
 
     @Option(name: .customLong("client-cpu"), help: "Pin parley-bench and its workers to this CPU core.")
     var clientCPU: Int?
+
+    /// These options as arguments again, for a run of another scenario (`all`).
+    var arguments: [String] {
+        var arguments = ["--state", state]
+        if let server { arguments += ["--server", server] }
+        if let serverPID { arguments += ["--server-pid", String(serverPID)] }
+        for setting in serverSettings { arguments += ["--server-set", setting] }
+        if let serverCPU { arguments += ["--server-cpu", String(serverCPU)] }
+        if let clientCPU { arguments += ["--client-cpu", String(clientCPU)] }
+        return arguments
+    }
 }

@@ -84,7 +84,7 @@ struct BenchReport: Sendable {
     }
 
     /// 12345.6 with 0 decimals gives "12,346".
-    private static func grouped(_ value: Double, decimals: Int) -> String {
+    static func grouped(_ value: Double, decimals: Int) -> String {
         let text = number(value, decimals: decimals)
         let parts = text.split(separator: ".", maxSplits: 1)
         var whole = String(parts[0])

@@ -68,6 +68,7 @@ final class BenchSession: @unchecked Sendable {
         }
         try? await session.group.shutdownGracefully()
         server.stop()
+        if let file = options.reportFile { try report.json.write(toFile: file, atomically: true, encoding: .utf8) }
         print(options.json ? report.json : report.table)
     }
 

@@ -8,6 +8,6 @@ struct ParleyBench: AsyncParsableCommand {
         commandName: "parley-bench",
         abstract: "Measures a parleyd: starts one (or targets one with --server) and drives it over HTTP and WebSocket.",
         discussion: "Accounts are created once and kept in the state folder (--state), with the started server's data. See docs/BENCHMARKS.md.",
-        subcommands: [DirectScenario.self, GroupScenario.self, SyncScenario.self, PresenceScenario.self, IdleScenario.self, ReconnectScenario.self, WorkerCommand.self]
+        subcommands: [DirectScenario.self, GroupScenario.self, SyncScenario.self, PresenceScenario.self, IdleScenario.self, ReconnectScenario.self, AllScenarios.self, WorkerCommand.self]
     )
 }
