@@ -299,6 +299,7 @@ public final class ChatService: Sendable {
         onWorker(connection, id: id) { () throws(ChatError) in
             do throws(ChatError) {
                 let (session, profile) = try self.accounts.authenticateHere(token: token)
+                let contacts = self.presence.contactsBeforeConnectingHere(session.userID)
                 // Registered under the session lock, and only while the connection is open:
                 // `disconnected` marks it closed before it takes the lock, so a connection that
                 // closes while its token is checked is never left in the registry.
@@ -316,9 +317,11 @@ public final class ChatService: Sendable {
                     if current != nil { return .alreadyAuthenticated }
                     if connection.closed.load(ordering: .acquiring) { return .closed }
                     current = session
+                    // Counted (and watching its contacts) before the welcome is queued.
+                    let comesOnline = self.presence.connected(session.userID, contacts: contacts)
                     self.registry.add(connection, userID: session.userID) { connection.send(welcome) }
                     self.metrics.connections.increment()
-                    return .added(comesOnline: self.presence.connected(session.userID))
+                    return .added(comesOnline: comesOnline)
                 }
                 switch registration {
                 case .added(let comesOnline):

@@ -20,6 +20,12 @@ final class PresenceTracker: Sendable {
         var contacts: [String: Set<String>] = [:]
         /// For each user, the online users who have them as a contact (who to notify).
         var watchers: [String: Set<String>] = [:]
+
+        /// `user` came online: it watches `contacts` from now on.
+        mutating func watch(_ contacts: Set<String>, by user: String) {
+            self.contacts[user] = contacts
+            for contact in contacts { watchers[contact, default: []].insert(user) }
+        }
     }
 
     private let state = Mutex(State())
@@ -42,26 +48,43 @@ final class PresenceTracker: Sendable {
         state.withLock { $0.connections[userID] != nil }
     }
 
+    /// The contacts of a user about to connect, read when they are not online yet (nil
+    /// when they are: their contacts are watched already). On a plugin worker, before the
+    /// connection is registered, so `connected` can start watching them at once.
+    func contactsBeforeConnectingHere(_ userID: String) -> Set<String>? {
+        guard !isOnline(userID) else { return nil }
+        return loadContactsHere(userID)
+    }
+
     /// A connection of the user authenticated: counted at once, under the connection's
-    /// session lock, so a close that follows is always counted after it. Returns whether the
-    /// user comes online; then `cameOnlineHere` follows, outside the lock.
-    func connected(_ userID: String) -> Bool {
+    /// session lock, so a close that follows is always counted after it. When the user comes
+    /// online, `contacts` (from `contactsBeforeConnectingHere`) are watched from here on,
+    /// before the welcome leaves: a client that asks for presence right after its welcome
+    /// misses no change that follows. Returns whether the user comes online; then
+    /// `cameOnlineHere` follows, outside the lock.
+    func connected(_ userID: String, contacts: Set<String>?) -> Bool {
         state.withLock { state -> Bool in
             state.leaving[userID] = nil
             let previous = state.connections[userID]
             state.connections[userID] = (previous ?? 0) + 1
+            if previous == nil, let contacts { state.watch(contacts, by: userID) }
             return previous == nil
         }
     }
 
-    /// Reads the contacts of a user who came online and tells those online. On a plugin worker.
+    /// Tells the online contacts of a user who came online. On a plugin worker. Their
+    /// contacts are read here only when `connected` had none: the user was still online when
+    /// the connection started and went offline before it was registered.
     func cameOnlineHere(_ userID: String, username: String) {
-        let contacts = loadContactsHere(userID)
+        if state.withLock({ $0.contacts[userID] == nil }) {
+            let contacts = loadContactsHere(userID)
+            state.withLock { state in
+                guard state.connections[userID] != nil, state.contacts[userID] == nil else { return }
+                state.watch(contacts, by: userID)
+            }
+        }
         let watchers: Set<String> = state.withLock { state in
-            guard state.connections[userID] != nil else { return [] }
-            state.contacts[userID] = contacts
-            for contact in contacts { state.watchers[contact, default: []].insert(userID) }
-            return state.watchers[userID] ?? []
+            state.connections[userID] != nil ? state.watchers[userID] ?? [] : []
         }
         announce(userID, username: username, online: true, lastSeen: nil, to: watchers)
     }
@@ -149,7 +172,14 @@ final class PresenceTracker: Sendable {
         var contacts = Set<String>()
         var lower = StorageBound.none
         while true {
-            guard let rows = try? storage.scanHere(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows)) else { break }
+            let rows: [StorageRow]
+            do {
+                rows = try storage.scanHere(table: StorageLayout.userConversations, partition: Array(userID.utf8), StorageScan(lower: lower, limit: StorageLimits.maxScanRows))
+            } catch {
+                // Presence is best effort: the user is still served, and watches the contacts read so far.
+                logger.warning("cannot read the contacts of \(userID) for presence: \(error)")
+                break
+            }
             for row in rows {
                 guard let conversation = ConversationID(String(decoding: row.sortKey, as: UTF8.self)), conversation.kind == .direct else { continue }
                 contacts.formUnion(conversation.participants.filter { $0 != userID })

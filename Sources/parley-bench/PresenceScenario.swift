@@ -81,6 +81,9 @@ struct PresenceScenario: AsyncParsableCommand {
         report.figure("online_events_per_second", Double(online.count) / before.seconds(until: allOnline), "online events per second")
         report.latencies("online", online, "connect to contact told")
         report.latencies("offline", offline, "disconnect to contact told")
+        for (kind, count) in [("online", online.count), ("offline", offline.count)] where count < expected {
+            report.note("\(expected - count) of \(expected) \(kind) events never arrived: the server lost presence changes")
+        }
         if let serverSeconds = before.serverSeconds(until: allOnline) {
             report.figure("server_cpu_us_per_online", serverSeconds * 1e6 / Double(max(subjects, 1)), "server CPU per subject coming online (µs)", decimals: 1)
         }

@@ -1,8 +1,10 @@
 // Presence, last seen, typing indicators and receipts.
 import Foundation
 import ParleyClient
+import ParleyCore
 import ParleyJSON
 import ParleyServer
+import PluginHost
 import Testing
 
 @Suite("Presence and receipts", .serialized)
@@ -87,6 +89,51 @@ struct PresenceTests {
         let again = try await server.connect(try await server.api.logIn(username: "alice", password: "password of alice", deviceName: "phone"))
         #expect(try await presence(again, of: ["bob"])["bob"]?["last_seen"]?.int64Value == offline?["last_seen"]?.int64Value)
         await again.close()
+        await server.stop()
+    }
+
+    /// The protocol says: connect, ask for presence once, then follow the events. So a user
+    /// must watch their contacts from the moment the welcome arrives. Alice's contacts take a
+    /// while to read (20,000 more direct conversations, written straight into storage); bob
+    /// comes online the moment her welcome arrives, while they would still be read.
+    @Test func aContactComingOnlineRightAfterTheWelcomeIsAnnounced() async throws {
+        let server = try await TestServer.start(["presence.grace_seconds=0"])
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        let first = try await server.connect(alice[0])
+        _ = try await first.send(conversation: try await first.open(with: "bob"), body: "hi")
+        await first.close()
+
+        let storage = server.node.runtime.storage
+        let existing = try await storage.scan(table: StorageLayout.userConversations, partition: Array(alice[0].userID.utf8), StorageScan(limit: 1))
+        let summary = try #require(existing.first).value
+        for start in stride(from: 0, to: 20_000, by: 2_000) {
+            let rows = (start..<start + 2_000).map { index in
+                let other = "u_contact\(index)"
+                let conversation = ConversationID.direct(alice[0].userID, other).rawValue
+                return StorageWrite.put(StorageLayout.key(StorageLayout.userConversations, alice[0].userID, Array(conversation.utf8)), value: summary)
+            }
+            _ = try await storage.apply(rows)
+        }
+        // With no grace period alice is offline at once; wait until the server says so.
+        let bobFirst = try await server.connect(bob[0])
+        let offlineBy = ContinuousClock.now + .seconds(10)
+        while try await presence(bobFirst, of: ["alice"])["alice"]?["status"]?.stringValue != "offline", ContinuousClock.now < offlineBy {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        await bobFirst.close()
+        try await Task.sleep(for: .milliseconds(200))
+
+        let aliceSession = try await server.connect(alice[0])
+        let aliceInbox = Inbox(aliceSession)
+        let bobSession = try await server.connect(bob[0])
+        let deadline = ContinuousClock.now + .seconds(5)
+        while await presenceEvents(aliceInbox).isEmpty, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(await presenceEvents(aliceInbox).first?["username"]?.stringValue == "bob", "alice is told bob came online")
+        await bobSession.close()
+        await aliceSession.close()
         await server.stop()
     }
 
