@@ -43,11 +43,8 @@ public final class PluginInstance: @unchecked Sendable {
     /// Runs one plugin call on the worker pool and returns what it produced, or
     /// throws the host's or the plugin's error.
     func perform(_ operation: PluginOperation, _ call: @escaping Call) async throws(PluginCallError) -> PluginOutput {
-        inFlight.add(1, ordering: .acquiringAndReleasing)
+        try admit(operation, call)
         defer { inFlight.subtract(1, ordering: .acquiringAndReleasing) }
-        guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
-        let handle = handle
-        operation.call = { op in call(handle, op) }
         return try outcome(await operation.run(on: pool)).get()
     }
 
@@ -55,14 +52,12 @@ public final class PluginInstance: @unchecked Sendable {
     /// instance's pool (a job submitted to `pool`), and calls `completion` on the
     /// thread that finishes it.
     func performHere(_ operation: PluginOperation, _ call: @escaping Call, completion: @escaping @Sendable (Result<PluginOutput, PluginCallError>) -> Void) {
-        inFlight.add(1, ordering: .acquiringAndReleasing)
-        guard !stopped.load(ordering: .acquiring) else {
-            inFlight.subtract(1, ordering: .acquiringAndReleasing)
-            completion(.failure(.shutDown))
+        do {
+            try admit(operation, call)
+        } catch {
+            completion(.failure(error))
             return
         }
-        let handle = handle
-        operation.call = { op in call(handle, op) }
         operation.start { [self] output in
             let result = outcome(output)
             inFlight.subtract(1, ordering: .acquiringAndReleasing)
@@ -73,12 +68,22 @@ public final class PluginInstance: @unchecked Sendable {
     /// Runs one plugin call on the current thread, which must be a worker of this instance's
     /// pool, and returns what it produced; see `PluginOperation.runWaiting`.
     func performWaiting(_ operation: PluginOperation, _ call: @escaping Call) throws(PluginCallError) -> PluginOutput {
-        inFlight.add(1, ordering: .acquiringAndReleasing)
+        try admit(operation, call)
         defer { inFlight.subtract(1, ordering: .acquiringAndReleasing) }
-        guard !stopped.load(ordering: .acquiring) else { throw .shutDown }
+        return try outcome(operation.runWaiting()).get()
+    }
+
+    /// Counts a call as in flight and hands `operation` the plugin's handle with `call`; after
+    /// `shutdown` began, refuses it and counts nothing. Whoever admitted a call subtracts it
+    /// from `inFlight` when it finishes.
+    private func admit(_ operation: PluginOperation, _ call: @escaping Call) throws(PluginCallError) {
+        inFlight.add(1, ordering: .acquiringAndReleasing)
+        guard !stopped.load(ordering: .acquiring) else {
+            inFlight.subtract(1, ordering: .acquiringAndReleasing)
+            throw .shutDown
+        }
         let handle = handle
         operation.call = { op in call(handle, op) }
-        return try outcome(operation.runWaiting()).get()
     }
 
     /// The output of a finished call, or the host's or the plugin's error.
