@@ -16,7 +16,7 @@ public final class ChatService: Sendable {
     let toDevice: ToDeviceQueue
     let groups: GroupService
     let receipts: ReceiptStore
-    let presence: PresenceTracker
+    package let presence: PresenceTracker
     let storage: StorageBackend
     let registry: ConnectionRegistry
     let metrics: ServerMetrics
@@ -299,37 +299,47 @@ public final class ChatService: Sendable {
         onWorker(connection, id: id) { () throws(ChatError) in
             do throws(ChatError) {
                 let (session, profile) = try self.accounts.authenticateHere(token: token)
-                let contacts = self.presence.contactsBeforeConnectingHere(session.userID)
-                // Registered under the session lock, and only while the connection is open:
-                // `disconnected` marks it closed before it takes the lock, so a connection that
-                // closes while its token is checked is never left in the registry.
-                // The welcome is queued while the registry's lock is held, so no fan-out that finds
-                // the connection there can queue a message ahead of it.
+                var signIn = self.presence.beginSignInHere(session.userID)
                 let welcome = JSONWriter.frame("welcome", id: id) { writer in
                     ChatFrames.user(&writer, "user", profile)
                     writer.field("device", session.deviceID)
                     writer.field("server_time", currentTimeMillis())
                 }
-                // Counted as online under the same lock: `disconnected` takes it too, so a close
-                // that comes meanwhile is always counted after the connection.
-                enum Registration { case added(comesOnline: Bool), closed, alreadyAuthenticated }
-                let registration = connection.session.withLock { current -> Registration in
-                    if current != nil { return .alreadyAuthenticated }
-                    if connection.closed.load(ordering: .acquiring) { return .closed }
-                    current = session
-                    // Counted (and watching its contacts) before the welcome is queued.
-                    let comesOnline = self.presence.connected(session.userID, contacts: contacts)
-                    self.registry.add(connection, userID: session.userID) { connection.send(welcome) }
-                    self.metrics.connections.increment()
-                    return .added(comesOnline: comesOnline)
+                // Registered under the session lock, and only while the connection is open:
+                // `disconnected` marks it closed before it takes the lock, so a connection that
+                // closes while its token is checked is never left in the registry. Counted as
+                // online under the same lock, so a close that comes meanwhile is always counted
+                // after it, and before the welcome is queued (see `PresenceTracker.connected`).
+                // The welcome is queued while the registry's lock is held, so no fan-out that finds
+                // the connection there can queue a message ahead of it.
+                enum Registration { case added(PresenceTracker.Arrival), needsContacts, closed, alreadyAuthenticated }
+                func register() -> Registration {
+                    connection.session.withLock { current -> Registration in
+                        if current != nil { return .alreadyAuthenticated }
+                        if connection.closed.load(ordering: .acquiring) { return .closed }
+                        let arrival = self.presence.connected(signIn)
+                        if arrival == .needsContacts { return .needsContacts }
+                        current = session
+                        self.registry.add(connection, userID: session.userID) { connection.send(welcome) }
+                        self.metrics.connections.increment()
+                        return .added(arrival)
+                    }
                 }
-                switch registration {
-                case .added(let comesOnline):
-                    if comesOnline { self.presence.cameOnlineHere(session.userID, username: session.username) }
-                case .closed:
-                    return
-                case .alreadyAuthenticated:
-                    throw ChatError.invalid("this connection is already authenticated")
+                while true {
+                    switch register() {
+                    case .added(let arrival):
+                        if arrival == .cameOnline { self.presence.cameOnline(session.userID, username: session.username) }
+                        return
+                    case .needsContacts:
+                        // The user went offline after the sign-in began, before their contacts were read.
+                        self.presence.readContactsHere(&signIn)
+                    case .closed:
+                        self.presence.abandon(signIn)
+                        return
+                    case .alreadyAuthenticated:
+                        self.presence.abandon(signIn)
+                        throw ChatError.invalid("this connection is already authenticated")
+                    }
                 }
             } catch {
                 if error.code == ChatError.unauthorized.code {

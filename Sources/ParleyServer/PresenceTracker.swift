@@ -2,13 +2,13 @@
 // user's online 1:1 contacts. A user goes offline only after a grace period without
 // any connection, so a quick reconnect does not flap.
 import Dispatch
-import Logging
+package import Logging
 import ParleyCore
 import ParleyJSON
-import PluginHost
+package import PluginHost
 import Synchronization
 
-final class PresenceTracker: Sendable {
+package final class PresenceTracker: Sendable {
     private struct State {
         /// Open connections per online user (0 while the grace period runs).
         var connections: [String: Int] = [:]
@@ -20,12 +20,42 @@ final class PresenceTracker: Sendable {
         var contacts: [String: Set<String>] = [:]
         /// For each user, the online users who have them as a contact (who to notify).
         var watchers: [String: Set<String>] = [:]
+        /// Users with sign-ins under way (`beginSignInHere` until `connected` or `abandon`):
+        /// how many, and the contacts they met meanwhile, which a read of their contacts
+        /// that started earlier may not have seen.
+        var signingIn: [String: (count: Int, met: Set<String>)] = [:]
 
         /// `user` came online: it watches `contacts` from now on.
         mutating func watch(_ contacts: Set<String>, by user: String) {
             self.contacts[user] = contacts
             for contact in contacts { watchers[contact, default: []].insert(user) }
         }
+
+        /// One sign-in of `user` ends; returns the contacts met while it ran.
+        mutating func endSignIn(_ user: String) -> Set<String> {
+            guard var entry = signingIn[user] else { return [] }
+            entry.count -= 1
+            signingIn[user] = entry.count > 0 ? entry : nil
+            return entry.met
+        }
+    }
+
+    /// A sign-in on its way to registering its connection: the user, and their contacts
+    /// when the sign-in read them (nil while they were online, so watched already).
+    package struct SignIn: Sendable {
+        package let userID: String
+        fileprivate(set) var contacts: Set<String>?
+    }
+
+    /// What `connected` did with a sign-in.
+    package enum Arrival: Equatable, Sendable {
+        /// Another connection of the user counted; they were online (or within the grace period).
+        case joined
+        /// The user came online and watches their contacts: tell them with `cameOnline`.
+        case cameOnline
+        /// Nothing changed: the user went offline since the sign-in began, so their contacts
+        /// were not read. Read them (`readContactsHere`) and call `connected` again.
+        case needsContacts
     }
 
     private let state = Mutex(State())
@@ -37,52 +67,59 @@ final class PresenceTracker: Sendable {
     private let notify: @Sendable (_ userID: String, _ frame: [UInt8]) -> Void
     private let logger: Logger
 
-    init(storage: StorageBackend, grace: Duration, logger: Logger, notify: @escaping @Sendable (String, [UInt8]) -> Void) {
+    package init(storage: StorageBackend, grace: Duration, logger: Logger, notify: @escaping @Sendable (String, [UInt8]) -> Void) {
         self.storage = storage
         self.grace = grace
         self.logger = logger
         self.notify = notify
     }
 
-    func isOnline(_ userID: String) -> Bool {
+    package func isOnline(_ userID: String) -> Bool {
         state.withLock { $0.connections[userID] != nil }
     }
 
-    /// The contacts of a user about to connect, read when they are not online yet (nil
-    /// when they are: their contacts are watched already). On a plugin worker, before the
-    /// connection is registered, so `connected` can start watching them at once.
-    func contactsBeforeConnectingHere(_ userID: String) -> Set<String>? {
-        guard !isOnline(userID) else { return nil }
-        return loadContactsHere(userID)
+    /// Starts a sign-in of the user, on a plugin worker, before its connection is registered:
+    /// from now on the contacts the user meets are kept for it, and their contacts are read
+    /// now unless they are online (then they are watched already).
+    package func beginSignInHere(_ userID: String) -> SignIn {
+        let online = state.withLock { state -> Bool in
+            state.signingIn[userID, default: (0, [])].count += 1
+            return state.connections[userID] != nil
+        }
+        return SignIn(userID: userID, contacts: online ? nil : loadContactsHere(userID))
     }
 
-    /// A connection of the user authenticated: counted at once, under the connection's
-    /// session lock, so a close that follows is always counted after it. When the user comes
-    /// online, `contacts` (from `contactsBeforeConnectingHere`) are watched from here on,
-    /// before the welcome leaves: a client that asks for presence right after its welcome
-    /// misses no change that follows. Returns whether the user comes online; then
-    /// `cameOnlineHere` follows, outside the lock.
-    func connected(_ userID: String, contacts: Set<String>?) -> Bool {
-        state.withLock { state -> Bool in
-            state.leaving[userID] = nil
+    /// Reads the contacts of a sign-in that `connected` answered with `.needsContacts`.
+    package func readContactsHere(_ signIn: inout SignIn) {
+        signIn.contacts = loadContactsHere(signIn.userID)
+    }
+
+    /// The sign-in's connection is being registered: counted at once, under the connection's
+    /// session lock, so a close that follows is always counted after it, and before its
+    /// welcome is queued. A user who comes online watches their contacts from here on, so a
+    /// client that asks for presence right after its welcome misses no change that follows.
+    /// Ends the sign-in unless the answer is `.needsContacts`.
+    package func connected(_ signIn: SignIn) -> Arrival {
+        let userID = signIn.userID
+        return state.withLock { state -> Arrival in
             let previous = state.connections[userID]
+            if previous == nil, signIn.contacts == nil { return .needsContacts }
+            state.leaving[userID] = nil
             state.connections[userID] = (previous ?? 0) + 1
-            if previous == nil, let contacts { state.watch(contacts, by: userID) }
-            return previous == nil
+            let met = state.endSignIn(userID)
+            guard previous == nil, let contacts = signIn.contacts else { return .joined }
+            state.watch(contacts.union(met), by: userID)
+            return .cameOnline
         }
     }
 
-    /// Tells the online contacts of a user who came online. On a plugin worker. Their
-    /// contacts are read here only when `connected` had none: the user was still online when
-    /// the connection started and went offline before it was registered.
-    func cameOnlineHere(_ userID: String, username: String) {
-        if state.withLock({ $0.contacts[userID] == nil }) {
-            let contacts = loadContactsHere(userID)
-            state.withLock { state in
-                guard state.connections[userID] != nil, state.contacts[userID] == nil else { return }
-                state.watch(contacts, by: userID)
-            }
-        }
+    /// A sign-in that registers no connection (it closed meanwhile, or was refused).
+    package func abandon(_ signIn: SignIn) {
+        state.withLock { _ = $0.endSignIn(signIn.userID) }
+    }
+
+    /// Tells the online contacts of a user who came online (`connected` said `.cameOnline`).
+    package func cameOnline(_ userID: String, username: String) {
         let watchers: Set<String> = state.withLock { state in
             state.connections[userID] != nil ? state.watchers[userID] ?? [] : []
         }
@@ -90,7 +127,7 @@ final class PresenceTracker: Sendable {
     }
 
     /// A connection of the user closed; after the grace period with none, they are offline.
-    func disconnected(_ userID: String, username: String) {
+    package func disconnected(_ userID: String, username: String) {
         let token = state.withLock { state -> UInt64? in
             guard let count = state.connections[userID] else { return nil }
             if count > 1 {
@@ -147,13 +184,17 @@ final class PresenceTracker: Sendable {
         await store(lastSeen: currentTimeMillis(), of: users)
     }
 
-    /// Two users opened a direct conversation: if either is online, it now watches the other.
-    func contactsMet(_ first: String, _ second: String) {
+    /// Two users opened a direct conversation: if either is online, it now watches the other;
+    /// if either is signing in, the sign-in adds the other when it registers.
+    package func contactsMet(_ first: String, _ second: String) {
         guard first != second else { return }
         state.withLock { state in
-            for (user, contact) in [(first, second), (second, first)] where state.contacts[user] != nil {
-                state.contacts[user]?.insert(contact)
-                state.watchers[contact, default: []].insert(user)
+            for (user, contact) in [(first, second), (second, first)] {
+                if state.contacts[user] != nil {
+                    state.contacts[user]?.insert(contact)
+                    state.watchers[contact, default: []].insert(user)
+                }
+                state.signingIn[user]?.met.insert(contact)
             }
         }
     }

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import ParleyJSON
+import Synchronization
 
 /// Runs every scenario at the sizes its target names (or tiny ones with `--smoke`), each
 /// as its own run of this tool, so each starts its own server and ends it. Each
@@ -23,17 +24,32 @@ struct AllScenarios: AsyncParsableCommand {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         var reports: [(run: PlannedRun, report: JSONValue, json: [UInt8])] = []
         var failures: [String] = []
+        // Interrupted, the scenario running then is stopped (and stops its server) first.
+        let running = Mutex<Process?>(nil)
+        let interruption = Interruption {
+            guard let child = running.withLock({ $0 }), child.isRunning else { return }
+            child.terminate()
+            child.waitUntilExit()
+        }
+        defer { interruption.end() }
         for run in PlannedRun.all {
             let arguments = (smoke ? run.smokeArguments : run.arguments) + options.arguments
             let file = folder.appendingPathComponent("all-\(run.name).json")
             try? FileManager.default.removeItem(at: file)
             FileHandle.standardError.write(Data("parley-bench all: \(run.name): parley-bench \(arguments.joined(separator: " "))\n".utf8))
-            let status = try runTool(arguments + ["--report-file", file.path])
-            guard status == 0, let bytes = FileManager.default.contents(atPath: file.path) else {
-                failures.append("\(run.name) failed (exit status \(status))")
+            if let failure = try runTool(arguments + ["--report-file", file.path], running: running) {
+                failures.append("\(run.name) \(failure)")
                 continue
             }
-            reports.append((run, try JSONParser.parse(Array(bytes)), Array(bytes)))
+            guard let bytes = FileManager.default.contents(atPath: file.path) else {
+                failures.append("\(run.name) ended without writing its report")
+                continue
+            }
+            do {
+                reports.append((run, try JSONParser.parse(Array(bytes)), Array(bytes)))
+            } catch {
+                failures.append("\(run.name) wrote a report that is not JSON: \(error)")
+            }
         }
 
         let judged = Target.all.map { target in
@@ -88,16 +104,24 @@ struct AllScenarios: AsyncParsableCommand {
         if !failures.isEmpty { throw ExitCode(1) }
     }
 
-    /// Runs this tool again with `arguments`; its table goes where this run's output goes,
-    /// or to stderr when this run prints JSON. Returns its exit status.
-    private func runTool(_ arguments: [String]) throws -> Int32 {
+    /// Runs this tool again with `arguments`, kept in `running` while it runs; its table goes
+    /// where this run's output goes, or to stderr when this run prints JSON. Returns nil when
+    /// it succeeded, or how it failed.
+    private func runTool(_ arguments: [String], running: borrowing Mutex<Process?>) throws -> String? {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = arguments
         if options.json { process.standardOutput = FileHandle.standardError }
+        running.withLock { $0 = process }
+        defer { running.withLock { $0 = nil } }
         try process.run()
         process.waitUntilExit()
-        return process.terminationStatus
+        switch (process.terminationReason, process.terminationStatus) {
+        case (.exit, 0): return nil
+        case (.exit, let status): return "failed (exit status \(status))"
+        case (.uncaughtSignal, let signal): return "was killed by signal \(signal)"
+        @unknown default: return "ended in an unknown way"
+        }
     }
 
     /// Columns padded to their widest cell: the first left-aligned, the others right-aligned.

@@ -58,6 +58,9 @@ final class BenchSession: @unchecked Sendable {
             stores[pool] = try AccountStore(file: stateFolder.appendingPathComponent("\(accountsPrefix)\(pool.rawValue).json"), pool: pool)
         }
         let session = BenchSession(options: options, server: server, stores: stores, stateFolder: stateFolder)
+        // Interrupted, the run stops the server it started (its worker processes end with it).
+        let interruption = Interruption { server.stop() }
+        defer { interruption.end() }
         let report: BenchReport
         do {
             report = try await scenario(session)

@@ -5,6 +5,7 @@ import ParleyCore
 import ParleyJSON
 import ParleyServer
 import PluginHost
+import Synchronization
 import Testing
 
 @Suite("Presence and receipts", .serialized)
@@ -115,14 +116,13 @@ struct PresenceTests {
             }
             _ = try await storage.apply(rows)
         }
-        // With no grace period alice is offline at once; wait until the server says so.
-        let bobFirst = try await server.connect(bob[0])
+        // With no grace period alice is offline at once (and bob has not connected yet).
+        let tracker = server.node.chat.presence
         let offlineBy = ContinuousClock.now + .seconds(10)
-        while try await presence(bobFirst, of: ["alice"])["alice"]?["status"]?.stringValue != "offline", ContinuousClock.now < offlineBy {
+        while tracker.isOnline(alice[0].userID), ContinuousClock.now < offlineBy {
             try await Task.sleep(for: .milliseconds(20))
         }
-        await bobFirst.close()
-        try await Task.sleep(for: .milliseconds(200))
+        try #require(!tracker.isOnline(alice[0].userID) && !tracker.isOnline(bob[0].userID))
 
         let aliceSession = try await server.connect(alice[0])
         let aliceInbox = Inbox(aliceSession)
@@ -134,6 +134,92 @@ struct PresenceTests {
         #expect(await presenceEvents(aliceInbox).first?["username"]?.stringValue == "bob", "alice is told bob came online")
         await bobSession.close()
         await aliceSession.close()
+        await server.stop()
+    }
+
+    /// The events a tracker sent: (recipient user id, subject username, online).
+    private final class SentEvents: Sendable {
+        private let events = Mutex<[(String, String, Bool)]>([])
+        func add(_ frame: [UInt8], to user: String) {
+            guard let event = try? JSONParser.parse(frame) else { return }
+            events.withLock { $0.append((user, event["username"]?.stringValue ?? "", event["online"]?.boolValue ?? false)) }
+        }
+        func contains(_ user: String, told username: String, online: Bool) -> Bool {
+            events.withLock { $0.contains { $0 == (user, username, online) } }
+        }
+    }
+
+    /// A tracker of its own on the server's storage, with no grace period.
+    private func tracker(on server: TestServer) -> (PresenceTracker, SentEvents) {
+        let events = SentEvents()
+        let tracker = PresenceTracker(storage: server.node.runtime.storage, grace: .zero, logger: TestServer.logger) { user, frame in
+            events.add(frame, to: user)
+        }
+        return (tracker, events)
+    }
+
+    /// Alice's laptop begins to sign in while her phone is online, so her contacts are not
+    /// read; the phone closes and, with no grace period, she goes offline before the laptop
+    /// registers. The laptop must not come online watching nothing: it reads her contacts
+    /// first, and then bob's arrival reaches her.
+    @Test func aSignInThatOutlivesTheLastConnectionReadsTheContactsBeforeRegistering() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        let session = try await server.connect(alice[0])
+        _ = try await session.send(conversation: try await session.open(with: "bob"), body: "hi")
+        await session.close()
+        let storage = server.node.runtime.storage
+        let (tracker, events) = tracker(on: server)
+        let aliceID = alice[0].userID, bobID = bob[0].userID
+
+        let phone = try await storage.run { tracker.beginSignInHere(aliceID) }
+        #expect(tracker.connected(phone) == .cameOnline)
+        var laptop = try await storage.run { tracker.beginSignInHere(aliceID) }
+        tracker.disconnected(aliceID, username: "alice")
+        let offlineBy = ContinuousClock.now + .seconds(10)
+        while tracker.isOnline(aliceID), ContinuousClock.now < offlineBy {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try #require(!tracker.isOnline(aliceID))
+        #expect(tracker.connected(laptop) == .needsContacts, "her contacts were never read: nothing is registered")
+        #expect(!tracker.isOnline(aliceID))
+        laptop = try await storage.run { [laptop] in
+            var signIn = laptop
+            tracker.readContactsHere(&signIn)
+            return signIn
+        }
+        #expect(tracker.connected(laptop) == .cameOnline)
+
+        let bobSignIn = try await storage.run { tracker.beginSignInHere(bobID) }
+        #expect(tracker.connected(bobSignIn) == .cameOnline)
+        tracker.cameOnline(bobID, username: "bob")
+        #expect(events.contains(aliceID, told: "bob", online: true), "alice is told bob came online")
+        await server.stop()
+    }
+
+    /// Carol's first message to alice lands while alice signs in, after her contacts were
+    /// read: the sign-in adds carol when it registers, so carol's arrival reaches alice.
+    @Test func aContactMadeWhileSigningInIsWatched() async throws {
+        let server = try await TestServer.start()
+        let alice = try await server.user("alice")
+        let carol = try await server.user("carol")
+        let storage = server.node.runtime.storage
+        let (tracker, events) = tracker(on: server)
+        let aliceID = alice[0].userID, carolID = carol[0].userID
+
+        let signIn = try await storage.run { tracker.beginSignInHere(aliceID) }
+        tracker.contactsMet(carolID, aliceID)
+        #expect(tracker.connected(signIn) == .cameOnline)
+        let carolSignIn = try await storage.run { tracker.beginSignInHere(carolID) }
+        #expect(tracker.connected(carolSignIn) == .cameOnline)
+        tracker.cameOnline(carolID, username: "carol")
+        #expect(events.contains(aliceID, told: "carol", online: true), "alice is told carol came online")
+
+        // A sign-in that registers nothing keeps nothing it met.
+        let refused = try await storage.run { tracker.beginSignInHere(carolID) }
+        tracker.abandon(refused)
+        #expect(tracker.connected(try await storage.run { tracker.beginSignInHere(carolID) }) == .joined)
         await server.stop()
     }
 
