@@ -47,7 +47,12 @@ final class ServerUnderTest: @unchecked Sendable {
         process.standardOutput = output
         process.standardError = output
         try process.run()
-        let deadline = MonotonicClock.nanoseconds() + 30_000_000_000
+        // A large storage-log state replays its whole log first: 12 s for 6.5 GB from the page
+        // cache, much longer from the disk.
+        let started = MonotonicClock.nanoseconds()
+        let progress = ProgressLine("starting parleyd") { "waiting for its start-up line in \(log.path)" }
+        defer { progress.stop() }
+        let deadline = started + UInt64(startSeconds) * 1_000_000_000
         while MonotonicClock.nanoseconds() < deadline {
             let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
             if let line = text.split(separator: "\n").first(where: { $0.contains(" running: ") }) {
@@ -62,8 +67,11 @@ final class ServerUnderTest: @unchecked Sendable {
             usleep(50_000)
         }
         process.terminate()
-        throw BenchFailure("parleyd did not start within 30 s; see \(log.path)")
+        throw BenchFailure("parleyd did not start within \(startSeconds) s; see \(log.path)")
     }
+
+    /// How long a started server may take to start listening.
+    static let startSeconds = 600
 
     /// A parleyd that an earlier run started on this data folder and could not stop (the
     /// run was killed) would share the database with the new one: stop it first.
