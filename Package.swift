@@ -215,6 +215,7 @@ let package = Package(
             dependencies: [
                 "ParleyServer", "ParleyClient", "ParleyCore", "ParleyJSON", "ParleyWebSocket", "PluginHost",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

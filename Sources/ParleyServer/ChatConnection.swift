@@ -5,11 +5,11 @@
 // buffer, and the buffer goes to the socket once per event-loop tick, however many frames
 // it holds. Frames sent from other threads (storage completions, tasks) reach the loop
 // through its `LoopWriter`, one hand-over per batch, not one per frame.
-import NIOCore
+package import NIOCore
 import NIOWebSocket
 import ParleyCore
 import ParleyWebSocket
-import PluginHost
+package import PluginHost
 import Synchronization
 
 public final class ChatConnection: @unchecked Sendable {
@@ -206,7 +206,7 @@ public enum ChatCloseCode {
 /// pending buffer takes whole (by reference when it had nothing pending). Connections that
 /// must see a run's frames one by one (a sender, who does not get its own message, and any
 /// connection that gets another frame in the middle of the run) get them one by one, in order.
-final class LoopWriter: @unchecked Sendable {
+package final class LoopWriter: @unchecked Sendable {
     private enum Delivery {
         case one(ChatConnection, FramePayload)
         /// One frame to these connections of the loop, but `except`.
@@ -276,6 +276,8 @@ final class LoopWriter: @unchecked Sendable {
     private var toFlush: [ChatConnection] = []
     private var flushScheduled = false
     private var wakeScheduled = false
+    /// The storages whose workers the scheduled wake-up wakes (`wakeAfterReads`).
+    private var toWake: [StorageBackend] = []
     /// The loop's open connections, for their timers: one repeated check per loop instead
     /// of timers per connection, whose cancellation costs NIO a search of its timer queue.
     private var tracked: [ObjectIdentifier: ChatConnection] = [:]
@@ -285,7 +287,7 @@ final class LoopWriter: @unchecked Sendable {
     private static let writers = Mutex<[ObjectIdentifier: LoopWriter]>([:])
 
     /// The writer of `eventLoop`, made the first time it is asked for.
-    static func of(_ eventLoop: any EventLoop) -> LoopWriter {
+    package static func of(_ eventLoop: any EventLoop) -> LoopWriter {
         writers.withLock { writers in
             let id = ObjectIdentifier(eventLoop)
             if let writer = writers[id] { return writer }
@@ -424,12 +426,17 @@ final class LoopWriter: @unchecked Sendable {
 
     /// Wakes a plugin worker for the storage jobs the loop queued while handling its reads,
     /// after them: a burst of sign-ins costs one wake-up of a worker, not one each. On the loop.
-    func wakeAfterReads(_ storage: StorageBackend) {
+    /// The loop may serve several nodes in one process (tests, an embedding app), each with
+    /// its own storage and workers: every storage named before the wake-up runs is woken.
+    package func wakeAfterReads(_ storage: StorageBackend) {
+        if !toWake.contains(where: { $0.sharesWorkers(with: storage) }) { toWake.append(storage) }
         guard !wakeScheduled else { return }
         wakeScheduled = true
         eventLoop.execute {
             self.wakeScheduled = false
-            storage.wakeWorker()
+            let storages = self.toWake
+            self.toWake = []
+            for storage in storages { storage.wakeWorker() }
         }
     }
 

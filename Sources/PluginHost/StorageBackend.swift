@@ -211,6 +211,11 @@ public struct StorageBackend: Sendable {
         instance.pool.wake()
     }
 
+    /// Whether `other` queues its jobs on the same worker pool (one `wakeWorker` serves both).
+    public func sharesWorkers(with other: StorageBackend) -> Bool {
+        instance.pool === other.instance.pool
+    }
+
     /// Applies a batch like `apply`, but starts the call on the current thread, which must
     /// be a plugin worker (inside `onWorker`), and reports to `completion` on the thread that
     /// finishes the batch (for storage-sqlite, its writer thread) instead of resuming a task.

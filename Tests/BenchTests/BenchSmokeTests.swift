@@ -78,7 +78,7 @@ struct BenchTestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-@Suite("parley-bench smoke runs", .serialized)
+@Suite("parley-bench smoke runs", .serialized, .timeLimit(.minutes(3)))
 struct BenchSmokeTests {
     @Test func directDeliversEveryAcknowledgedMessageInOrderAndMeasuresLatencyAndServerCPU() throws {
         let run = try SmokeRuns.run("direct")

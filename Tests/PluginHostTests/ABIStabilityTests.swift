@@ -4,7 +4,7 @@ import Foundation
 import PluginHost
 import Testing
 
-@Suite("ABI stability")
+@Suite("ABI stability", .timeLimit(.minutes(3)))
 struct ABIStabilityTests {
     static let frozenInclude = TestSupport.fixtures.appendingPathComponent("abi-v1.0").path
 

@@ -4,7 +4,7 @@ import Logging
 import PluginHost
 import Testing
 
-@Suite("Plugin loading")
+@Suite("Plugin loading", .timeLimit(.minutes(3)))
 struct PluginLoadingTests {
     /// Compiles Fixtures/broken/NAME.c against the live header and tries to load it.
     private func loadBroken(_ name: String) throws -> Result<PluginLibrary, PluginLoadError> {

@@ -6,7 +6,7 @@ import PluginHost
 import Synchronization
 import Testing
 
-@Suite("Plugin worker pool")
+@Suite("Plugin worker pool", .timeLimit(.minutes(3)))
 struct PluginWorkerPoolTests {
     @Test func fullQueueIsAnErrorNotUnboundedMemory() throws {
         let pool = PluginWorkerPool(threads: 1, capacity: 2)

@@ -4,7 +4,7 @@ import Foundation
 import PluginHost
 import Testing
 
-@Suite("storage-sqlite")
+@Suite("storage-sqlite", .timeLimit(.minutes(3)))
 struct SQLitePluginTests {
     private func open(_ configuration: [String: String], pool: PluginWorkerPool) throws -> StorageBackend {
         let library = try PluginLibrary.load(path: try TestSupport.builtPlugin("parley-storage-sqlite"))

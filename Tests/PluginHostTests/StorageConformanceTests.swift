@@ -20,7 +20,7 @@ func conformanceFailures(of path: String, checkRestart: Bool = true, configurati
     return results.compactMap { result in result.failure.map { "\(result.name): \($0)" } }
 }
 
-@Suite("Storage conformance")
+@Suite("Storage conformance", .timeLimit(.minutes(3)))
 struct StorageConformanceTests {
     @Test(arguments: ["parley-storage-sqlite", "parley-storage-lmdb", "parley-storage-log"])
     func shippedPluginPassesTheSuite(_ plugin: String) async throws {

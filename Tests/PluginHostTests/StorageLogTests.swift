@@ -6,7 +6,7 @@ import Foundation
 import PluginHost
 import Testing
 
-@Suite("storage-log")
+@Suite("storage-log", .timeLimit(.minutes(3)))
 struct StorageLogTests {
     private func open(_ configuration: [String: String], pool: PluginWorkerPool) throws -> StorageBackend {
         let library = try PluginLibrary.load(path: try TestSupport.builtPlugin("parley-storage-log"))

@@ -9,7 +9,7 @@ import ParleyJSON
 import ParleyServer
 import Testing
 
-@Suite("Bad input", .serialized)
+@Suite("Bad input", .serialized, .timeLimit(.minutes(3)))
 struct BadInputTests {
     /// Sends raw text and returns the error frame that comes back (as a ChatEvent).
     private func errorFor(_ raw: String, on session: ChatSession, _ inbox: Inbox) async throws -> ParleyError? {

@@ -6,10 +6,21 @@ import FoundationNetworking
 #endif
 import ParleyClient
 import ParleyJSON
+import NIOCore
+import NIOPosix
 import ParleyServer
+import PluginHost
+import Synchronization
 import Testing
 
-@Suite("Connections", .serialized)
+/// Which of several jobs have run.
+private final class RanJobs: Sendable {
+    private let ran = Mutex<Set<Int>>([])
+    func mark(_ index: Int) { ran.withLock { _ = $0.insert(index) } }
+    var all: Set<Int> { ran.withLock { $0 } }
+}
+
+@Suite("Connections", .serialized, .timeLimit(.minutes(3)))
 struct ConnectionTests {
     @Test func silentConnectionsAreClosedAndReceiveOnlyClientsThatPongStay() async throws {
         let server = try await TestServer.start(["chat.ping_interval_seconds=1", "chat.idle_timeout_seconds=2"])
@@ -155,5 +166,31 @@ struct ConnectionTests {
         #expect(text.contains("parley_plugin_storage_sqlite_writes_total"), "plugin metrics are exported too")
         await session.close()
         server.signal(SIGTERM)
+    }
+
+    /// Every node of a process shares the event loops. Jobs a loop queues for two nodes'
+    /// plugin workers in one pass, each to be woken after the loop's reads, wake both
+    /// nodes' workers: before, only the first node's were woken, and a sign-in on the second
+    /// waited for unrelated work to come along (a CI run hung on it).
+    @Test func aLoopWakesTheWorkersOfEveryNodeItQueuedJobsFor() async throws {
+        let first = try await TestServer.start()
+        let second = try await TestServer.start()
+        let ran = RanJobs()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let storages = [first.node.runtime.storage, second.node.runtime.storage]
+        try await loop.submit {
+            let writer = LoopWriter.of(loop)
+            for (index, storage) in storages.enumerated() {
+                try storage.onWorker({ ran.mark(index) }, wake: false)
+                writer.wakeAfterReads(storage)
+            }
+        }.get()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ran.all.count < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(ran.all == [0, 1], "the jobs of both nodes ran")
+        await first.stop()
+        await second.stop()
     }
 }

@@ -7,7 +7,7 @@ import ParleyServer
 import ParleyWebSocket
 import Testing
 
-@Suite("Encoding")
+@Suite("Encoding", .timeLimit(.minutes(3)))
 struct EncodingTests {
     @Test func writerEscapesWhatJSONRequiresAndNothingElse() throws {
         var writer = JSONWriter()

@@ -8,7 +8,7 @@ import ParleyJSON
 @testable import ParleyServer
 import Testing
 
-@Suite("Frame order")
+@Suite("Frame order", .timeLimit(.minutes(3)))
 struct FrameOrderTests {
     /// A frame handed over from another thread waits in the loop writer's inbox until the
     /// loop takes it. A frame sent on the loop in the meantime (an error reply) must queue

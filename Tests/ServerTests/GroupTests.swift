@@ -9,7 +9,7 @@ import PluginHost
 import Synchronization
 import Testing
 
-@Suite("Groups", .serialized)
+@Suite("Groups", .serialized, .timeLimit(.minutes(3)))
 struct GroupTests {
     private func create(_ session: ChatSession, _ name: String, members: [String]) async throws -> String {
         let reply = try await session.request("group_create") { writer in

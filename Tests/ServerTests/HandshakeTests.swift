@@ -6,7 +6,7 @@ import ParleyClient
 import ParleyServer
 import Testing
 
-@Suite("Handshake", .serialized)
+@Suite("Handshake", .serialized, .timeLimit(.minutes(3)))
 struct HandshakeTests {
     /// Sends raw bytes to the chat port and returns what comes back until the server closes
     /// or `bytes` have arrived (or 5 seconds pass).

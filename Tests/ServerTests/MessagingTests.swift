@@ -8,7 +8,7 @@ import ParleyServer
 import Synchronization
 import Testing
 
-@Suite("Messaging", .serialized)
+@Suite("Messaging", .serialized, .timeLimit(.minutes(3)))
 struct MessagingTests {
     @Test func twoUsersOnTwoDevicesEachSeeEveryMessageOnceInOrder() async throws {
         let server = try await TestServer.start()

@@ -5,7 +5,7 @@ import ParleyJSON
 import ParleyServer
 import Testing
 
-@Suite("OpenAPI document")
+@Suite("OpenAPI document", .timeLimit(.minutes(3)))
 struct OpenAPITests {
     static let document: JSONValue = {
         let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("docs/openapi.json")

@@ -8,7 +8,7 @@ import PluginHost
 import Synchronization
 import Testing
 
-@Suite("Presence and receipts", .serialized)
+@Suite("Presence and receipts", .serialized, .timeLimit(.minutes(3)))
 struct PresenceTests {
     private func presence(_ session: ChatSession, of usernames: [String]) async throws -> [String: JSONValue] {
         let reply = try await session.request("presence") { writer in

@@ -103,7 +103,7 @@ func scratchFolder() -> URL {
     testRunFolder.appendingPathComponent(UUID().uuidString)
 }
 
-@Suite("Processes", .serialized)
+@Suite("Processes", .serialized, .timeLimit(.minutes(3)))
 struct ProcessTests {
     @Test func invalidSettingsAndBrokenStoragePluginsStopStartUpWithExit78() throws {
         let parleyd = "\(ParleydProcess.binaries)/parleyd"
