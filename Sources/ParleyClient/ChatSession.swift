@@ -21,24 +21,29 @@ public final class ChatSession: Sendable {
     /// The welcome frame's user and device.
     public let userID: String
     public let deviceID: String
+    /// How long the welcome and each request's reply may take. After it, the wait ends with
+    /// a `timeout` error and the outcome is unknown (a `send` may still have been stored:
+    /// resend it with the same `client_id`). A reply that comes later arrives as an event.
+    public let timeout: Duration
     private let socket: WebSocketClient
     private let pending = PendingReplies()
     private let nextID = Atomic<Int>(1)
 
     /// Connects to a ws:// or wss:// URL and authenticates with the token, by header
-    /// (`headerAuth`) or with a hello frame.
-    public static func connect(url: String, token: String, headerAuth: Bool = false, trustRoots: String? = nil) async throws -> ChatSession {
+    /// (`headerAuth`) or with a hello frame, waiting at most `timeout` for the welcome.
+    public static func connect(url: String, token: String, headerAuth: Bool = false, trustRoots: String? = nil, timeout: Duration = .seconds(30)) async throws -> ChatSession {
         guard let parsed = URLComponents(string: url), let host = parsed.host, let scheme = parsed.scheme, scheme == "ws" || scheme == "wss" else {
             throw ParleyError(code: "bad_url", message: "\(url) is not a ws:// or wss:// URL")
         }
         let socket = try await WebSocketClient.connect(
             host: host, port: parsed.port ?? (scheme == "wss" ? 443 : 80), path: parsed.path.isEmpty ? "/" : parsed.path, tls: scheme == "wss", trustRoots: trustRoots,
             headers: headerAuth ? [("Authorization", "Bearer \(token)")] : [])
-        return try await ChatSession(socket: socket, token: headerAuth ? nil : token)
+        return try await ChatSession(socket: socket, token: headerAuth ? nil : token, timeout: timeout)
     }
 
-    private init(socket: WebSocketClient, token: String?) async throws {
+    private init(socket: WebSocketClient, token: String?, timeout: Duration) async throws {
         self.socket = socket
+        self.timeout = timeout
         let pending = self.pending
         let (events, continuation) = AsyncStream<ChatEvent>.makeStream()
         self.events = events
@@ -78,27 +83,49 @@ public final class ChatSession: Sendable {
             }
             welcomeContinuation.finish()
         }
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            welcomeContinuation.yield(.failure(Self.timedOut("the welcome", after: timeout)))
+        }
+        defer { timer.cancel() }
         if let token {
             try await socket.send(String(decoding: JSONWriter.frame("hello", id: "hello") { $0.field("token", token) }, as: UTF8.self))
         }
         var iterator = welcomes.makeAsyncIterator()
         guard let welcome = await iterator.next() else { throw ParleyError(code: "closed", message: "connection closed before welcome") }
-        let frame = try welcome.get()
+        let frame: JSONValue
+        do {
+            frame = try welcome.get()
+        } catch {
+            await socket.close()
+            throw error
+        }
         userID = frame["user"]?["id"]?.stringValue ?? ""
         deviceID = frame["device"]?.stringValue ?? ""
+    }
+
+    private static func timedOut(_ what: String, after timeout: Duration) -> ParleyError {
+        ParleyError(code: "timeout", message: "no \(what) within \(timeout); the outcome is unknown")
     }
 
     private static func error(_ frame: JSONValue) -> ParleyError {
         ParleyError(code: frame["code"]?.stringValue ?? "error", message: frame["message"]?.stringValue ?? "")
     }
 
-    /// Sends a request frame of `type` with the fields written by `fields`, and waits for
-    /// its reply; an error reply throws `ParleyError`.
+    /// Sends a request frame of `type` with the fields written by `fields`, and waits at most
+    /// `timeout` for its reply; an error reply, or none in time (`timeout`), throws `ParleyError`.
     public func request(_ type: String, _ fields: (inout JSONWriter) -> Void = { _ in }) async throws -> JSONValue {
         let id = "r\(nextID.wrappingAdd(1, ordering: .relaxed).oldValue)"
         let text = String(decoding: JSONWriter.frame(type, id: id, fields), as: UTF8.self)
+        let (pending, timeout) = (pending, timeout)
+        var timer: Task<Void, any Error>?
+        defer { timer?.cancel() }
         let result: Result<JSONValue, ParleyError> = await withCheckedContinuation { continuation in
             pending.add(id, continuation)
+            timer = Task {
+                try await Task.sleep(for: timeout)
+                pending.take(id)?.resume(returning: .failure(Self.timedOut("reply to \(type)", after: timeout)))
+            }
             Task {
                 do {
                     try await socket.send(text)

@@ -196,6 +196,37 @@ struct ProcessTests {
         #expect(!log.contains("PARLEY_SERVER"), "the parley client's variable is not reported")
     }
 
+    /// A server that stops answering (here: stopped with SIGSTOP) ends a request's wait
+    /// after the session's timeout with a `timeout` error; once it answers again, the same
+    /// session goes on, and the send whose outcome was unknown is resent without a duplicate.
+    @Test func aRequestWithoutAReplyTimesOutAndTheSessionGoesOn() async throws {
+        let server = ParleydProcess(dataFolder: scratchFolder())
+        try server.start()
+        try await server.api.signUp(username: "alice", password: "alice password")
+        try await server.api.signUp(username: "bob", password: "bob password")
+        let login = try await server.api.logIn(username: "alice", password: "alice password", deviceName: "phone")
+        let session = try await ChatSession.connect(url: server.chatURL, token: login.token, timeout: .seconds(1))
+        let conversation = try await session.open(with: "bob")
+
+        kill(server.process.processIdentifier, SIGSTOP)
+        let started = ContinuousClock.now
+        var outcome: ParleyError?
+        do {
+            _ = try await session.send(conversation: conversation, body: "while stopped", clientID: "stopped-1")
+        } catch let error as ParleyError {
+            outcome = error
+        }
+        let waited = ContinuousClock.now - started
+        kill(server.process.processIdentifier, SIGCONT)
+        #expect(outcome?.code == "timeout", "no reply within the timeout: \(String(describing: outcome))")
+        #expect(waited >= .seconds(1) && waited < .seconds(10))
+
+        let resent = try await session.send(conversation: conversation, body: "while stopped", clientID: "stopped-1")
+        #expect(resent["seq"]?.int64Value == 1 && resent["duplicate"]?.boolValue == true, "the first send was stored once it was read: \(resent)")
+        await session.close()
+        server.signal(SIGTERM)
+    }
+
     @Test func sigtermClosesConnectionsWithGoingAway() async throws {
         let server = ParleydProcess(dataFolder: scratchFolder())
         try server.start()
