@@ -217,10 +217,10 @@ extension Substring {
 }
 
 /// The `Sec-WebSocket-Accept` value: base64 of the SHA-1 of the key and the protocol's GUID.
-enum WebSocketAccept {
+package enum WebSocketAccept {
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-    static func value(forKey key: String) -> String {
+    package static func value(forKey key: String) -> String {
         Data(sha1(Array((key + guid).utf8))).base64EncodedString()
     }
 

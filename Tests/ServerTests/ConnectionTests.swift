@@ -20,6 +20,55 @@ private final class RanJobs: Sendable {
     var all: Set<Int> { ran.withLock { $0 } }
 }
 
+/// A listener on loopback that answers one WebSocket upgrade and then says nothing, like a
+/// server that hangs after the handshake.
+private final class SilentWebSocketServer: @unchecked Sendable {
+    private let listener: Int32
+    private(set) var port = 0
+    private let accepted = Mutex<[Int32]>([])
+
+    init() throws {
+        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw -> Bool in
+                bind(listener, raw, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, raw, &length) == 0
+            }
+        }
+        guard bound else { throw TestFailure("cannot listen on loopback") }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        let listening = listener
+        Thread.detachNewThread { [self] in
+            let connection = accept(listening, nil, nil)
+            guard connection >= 0 else { return }
+            accepted.withLock { $0.append(connection) }
+            var request = [UInt8]()
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !String(decoding: request, as: UTF8.self).contains("\r\n\r\n") {
+                let count = recv(connection, &buffer, buffer.count, 0)
+                guard count > 0 else { return }
+                request += buffer[0..<count]
+            }
+            let key = String(decoding: request, as: UTF8.self).split(separator: "\r\n")
+                .first { $0.lowercased().hasPrefix("sec-websocket-key:") }?.split(separator: ":", maxSplits: 1).last?
+                .trimmingCharacters(in: .whitespaces) ?? ""
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Accept: \(WebSocketAccept.value(forKey: key))\r\n\r\n"
+            _ = answer.utf8CString.withUnsafeBufferPointer { send(connection, $0.baseAddress, $0.count - 1, 0) }
+        }
+    }
+
+    var url: String { "ws://127.0.0.1:\(port)/v1/ws" }
+
+    func stop() {
+        close(listener)
+        for connection in accepted.withLock({ $0 }) { close(connection) }
+    }
+}
+
 @Suite("Connections", .serialized, .timeLimit(.minutes(3)))
 struct ConnectionTests {
     @Test func silentConnectionsAreClosedAndReceiveOnlyClientsThatPongStay() async throws {
@@ -192,5 +241,21 @@ struct ConnectionTests {
         #expect(ran.all == [0, 1], "the jobs of both nodes ran")
         await first.stop()
         await second.stop()
+    }
+    /// A server that answers the upgrade and then says nothing: connecting ends after the
+    /// session's timeout with a `timeout` error instead of waiting for a welcome forever.
+    @Test func aWelcomeThatNeverComesTimesOut() async throws {
+        let server = try SilentWebSocketServer()
+        let started = ContinuousClock.now
+        var outcome: ParleyError?
+        do {
+            _ = try await ChatSession.connect(url: server.url, token: "pt_0123456789abcdef0123456789abcdef", timeout: .seconds(1))
+        } catch let error as ParleyError {
+            outcome = error
+        }
+        let waited = ContinuousClock.now - started
+        server.stop()
+        #expect(outcome?.code == "timeout", "\(String(describing: outcome))")
+        #expect(waited >= .seconds(1) && waited < .seconds(10))
     }
 }
