@@ -24,6 +24,13 @@ public enum CPUAffinity {
         return count > 0 ? count : nil
     }
 
+    /// How many event loops a process should run on a machine of `machineCores`: one per CPU
+    /// its affinity mask allows (a process pinned to one core runs one loop, not several
+    /// taking turns on it), and never more than the machine has.
+    public static func eventLoopCount(machineCores: Int) -> Int {
+        min(usableCPUs() ?? machineCores, machineCores)
+    }
+
     /// Restricts the calling process to one core. Call before starting threads: threads
     /// (and child processes) inherit the mask when they are created.
     public static func pinCurrentProcess(toCore core: Int) throws(Failure) {

@@ -10,10 +10,9 @@ enum EventLoops {
     /// message on their hand-offs (docs/BENCHMARKS.md, fifth series). NIO's own
     /// `NIO_SINGLETON_GROUP_LOOP_COUNT`, when set, still decides.
     static let group: MultiThreadedEventLoopGroup = {
-        guard getenv("NIO_SINGLETON_GROUP_LOOP_COUNT") == nil, let usable = usableCPUs, usable < System.coreCount else {
-            return .singleton
-        }
-        return MultiThreadedEventLoopGroup(numberOfThreads: usable)
+        let loops = CPUAffinity.eventLoopCount(machineCores: System.coreCount)
+        guard getenv("NIO_SINGLETON_GROUP_LOOP_COUNT") == nil, loops < System.coreCount else { return .singleton }
+        return MultiThreadedEventLoopGroup(numberOfThreads: loops)
     }()
 
     /// For the start-up log: the loops, and the CPUs they were counted from.

@@ -21,13 +21,8 @@ final class BenchSession: @unchecked Sendable {
         self.stores = stores
         self.stateFolder = stateFolder
         chatEndpoint = server.chat
-        group = MultiThreadedEventLoopGroup(numberOfThreads: Self.eventLoopCount)
-    }
-
-    /// One event loop per CPU the tool may run on: pinned to one core (`--client-cpu`), one
-    /// loop, not two taking turns on it (each turn a thread switch, as the server found).
-    static var eventLoopCount: Int {
-        min(CPUAffinity.usableCPUs() ?? System.coreCount, System.coreCount)
+        // Pinned to one core (`--client-cpu`), one loop, as the server does.
+        group = MultiThreadedEventLoopGroup(numberOfThreads: CPUAffinity.eventLoopCount(machineCores: System.coreCount))
     }
 
     /// Runs `scenario` in a fresh session and prints its report to stdout.

@@ -1,6 +1,7 @@
 // The hidden `worker` subcommand: parley-bench re-executes itself as workers that each
 // hold a share of the idle and reconnect scenarios' connections.
 import ArgumentParser
+import CPUAffinity
 import Foundation
 import NIOCore
 import NIOPosix
@@ -27,7 +28,7 @@ struct WorkerCommand: AsyncParsableCommand {
     func run() async throws {
         guard let endpoint = ChatEndpoint(url: chat) else { throw ValidationError("--chat must be a ws:// URL") }
         let tokens = try String(contentsOfFile: tokensFile, encoding: .utf8).split(separator: "\n").map(String.init)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: BenchSession.eventLoopCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: CPUAffinity.eventLoopCount(machineCores: System.coreCount))
         let fleet = ConnectionFleet(group: group, endpoint: endpoint, tokens: tokens, sources: try ConnectionFleet.sourceAddresses(sourceAddresses), concurrency: concurrency)
         let (commands, continuation) = AsyncStream<String>.makeStream()
         LineReader.start(FileHandle.standardInput, line: { continuation.yield($0) }, ended: { continuation.finish() })

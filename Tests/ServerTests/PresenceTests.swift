@@ -93,17 +93,23 @@ struct PresenceTests {
         await server.stop()
     }
 
+    /// Alice and bob, made contacts by alice's message to bob; no connection left open.
+    private func contacts(on server: TestServer) async throws -> (alice: [LoginInfo], bob: [LoginInfo]) {
+        let alice = try await server.user("alice")
+        let bob = try await server.user("bob")
+        let session = try await server.connect(alice[0])
+        _ = try await session.send(conversation: try await session.open(with: "bob"), body: "hi")
+        await session.close()
+        return (alice, bob)
+    }
+
     /// The protocol says: connect, ask for presence once, then follow the events. So a user
     /// must watch their contacts from the moment the welcome arrives. Alice's contacts take a
     /// while to read (20,000 more direct conversations, written straight into storage); bob
     /// comes online the moment her welcome arrives, while they would still be read.
     @Test func aContactComingOnlineRightAfterTheWelcomeIsAnnounced() async throws {
         let server = try await TestServer.start(["presence.grace_seconds=0"])
-        let alice = try await server.user("alice")
-        let bob = try await server.user("bob")
-        let first = try await server.connect(alice[0])
-        _ = try await first.send(conversation: try await first.open(with: "bob"), body: "hi")
-        await first.close()
+        let (alice, bob) = try await contacts(on: server)
 
         let storage = server.node.runtime.storage
         let existing = try await storage.scan(table: StorageLayout.userConversations, partition: Array(alice[0].userID.utf8), StorageScan(limit: 1))
@@ -164,11 +170,7 @@ struct PresenceTests {
     /// first, and then bob's arrival reaches her.
     @Test func aSignInThatOutlivesTheLastConnectionReadsTheContactsBeforeRegistering() async throws {
         let server = try await TestServer.start()
-        let alice = try await server.user("alice")
-        let bob = try await server.user("bob")
-        let session = try await server.connect(alice[0])
-        _ = try await session.send(conversation: try await session.open(with: "bob"), body: "hi")
-        await session.close()
+        let (alice, bob) = try await contacts(on: server)
         let storage = server.node.runtime.storage
         let (tracker, events) = tracker(on: server)
         let aliceID = alice[0].userID, bobID = bob[0].userID
