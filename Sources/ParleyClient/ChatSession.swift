@@ -30,14 +30,16 @@ public final class ChatSession: Sendable {
     private let nextID = Atomic<Int>(1)
 
     /// Connects to a ws:// or wss:// URL and authenticates with the token, by header
-    /// (`headerAuth`) or with a hello frame, waiting at most `timeout` for the welcome.
+    /// (`headerAuth`) or with a hello frame, waiting at most `timeout` for the answer to the
+    /// upgrade and again for the welcome.
     public static func connect(url: String, token: String, headerAuth: Bool = false, trustRoots: String? = nil, timeout: Duration = .seconds(30)) async throws -> ChatSession {
         guard let parsed = URLComponents(string: url), let host = parsed.host, let scheme = parsed.scheme, scheme == "ws" || scheme == "wss" else {
             throw ParleyError(code: "bad_url", message: "\(url) is not a ws:// or wss:// URL")
         }
         let socket = try await WebSocketClient.connect(
             host: host, port: parsed.port ?? (scheme == "wss" ? 443 : 80), path: parsed.path.isEmpty ? "/" : parsed.path, tls: scheme == "wss", trustRoots: trustRoots,
-            headers: headerAuth ? [("Authorization", "Bearer \(token)")] : [])
+            headers: headerAuth ? [("Authorization", "Bearer \(token)")] : [],
+            upgradeTimeout: timeout)
         return try await ChatSession(socket: socket, token: headerAuth ? nil : token, timeout: timeout)
     }
 

@@ -25,9 +25,10 @@ public final class WebSocketClient: Sendable {
     /// Connects to ws://host:port/path (wss with `tls`), sending `headers` with the upgrade request.
     /// `trustRoots`: a PEM file of certificates to trust for wss (default: the system's).
     /// `answerPings: false` makes a client that never pongs (tests of the idle timeout).
+    /// The server has `upgradeTimeout` to answer the upgrade once the socket is connected.
     public static func connect(
         host: String, port: Int, path: String, tls: Bool = false, trustRoots: String? = nil, headers: [(String, String)] = [],
-        maxFrameBytes: Int = 1 << 24, answerPings: Bool = true
+        maxFrameBytes: Int = 1 << 24, answerPings: Bool = true, upgradeTimeout: Duration = .seconds(30)
     ) async throws -> WebSocketClient {
         let (events, continuation) = AsyncStream<WebSocketEvent>.makeStream()
         let group = MultiThreadedEventLoopGroup.singleton
@@ -68,6 +69,12 @@ public final class WebSocketClient: Sendable {
             upgraded.fail(error)
             throw error
         }
+        // Completing a promise twice keeps the first result, so the later of the two is ignored.
+        let nanoseconds = upgradeTimeout.components.seconds * 1_000_000_000 + upgradeTimeout.components.attoseconds / 1_000_000_000
+        let deadline = upgraded.futureResult.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
+            upgraded.fail(ParleyError(code: "timeout", message: "no answer to the WebSocket upgrade within \(upgradeTimeout)"))
+        }
+        defer { deadline.cancel() }
         do {
             try await upgraded.futureResult.get()
         } catch {

@@ -20,14 +20,14 @@ private final class RanJobs: Sendable {
     var all: Set<Int> { ran.withLock { $0 } }
 }
 
-/// A listener on loopback that answers one WebSocket upgrade and then says nothing, like a
-/// server that hangs after the handshake.
+/// A listener on loopback that answers one WebSocket upgrade (or, with `answersUpgrade`
+/// false, not even that) and then says nothing, like a server that hangs.
 private final class SilentWebSocketServer: @unchecked Sendable {
     private let listener: Int32
     private(set) var port = 0
     private let accepted = Mutex<[Int32]>([])
 
-    init() throws {
+    init(answersUpgrade: Bool = true) throws {
         listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -45,6 +45,7 @@ private final class SilentWebSocketServer: @unchecked Sendable {
             let connection = accept(listening, nil, nil)
             guard connection >= 0 else { return }
             accepted.withLock { $0.append(connection) }
+            guard answersUpgrade else { return }
             var request = [UInt8]()
             var buffer = [UInt8](repeating: 0, count: 4096)
             while !String(decoding: request, as: UTF8.self).contains("\r\n\r\n") {
@@ -242,10 +243,12 @@ struct ConnectionTests {
         await first.stop()
         await second.stop()
     }
-    /// A server that answers the upgrade and then says nothing: connecting ends after the
-    /// session's timeout with a `timeout` error instead of waiting for a welcome forever.
-    @Test func aWelcomeThatNeverComesTimesOut() async throws {
-        let server = try SilentWebSocketServer()
+
+    /// A server that answers the upgrade and then says nothing, and one that does not even
+    /// answer the upgrade: connecting ends after the session's timeout with a `timeout` error
+    /// instead of waiting forever.
+    @Test(arguments: [true, false]) func aServerThatSaysNothingTimesOutTheConnect(answersUpgrade: Bool) async throws {
+        let server = try SilentWebSocketServer(answersUpgrade: answersUpgrade)
         let started = ContinuousClock.now
         var outcome: ParleyError?
         do {
