@@ -53,6 +53,9 @@ struct Serve: AsyncParsableCommand {
         for (name, suggestion) in configuration.unusedEnvironment {
             logger.warning("environment variable \(name) is not a parleyd setting and is ignored\(suggestion.map { "; did you mean \($0)?" } ?? "") [config.unknown_variable]")
         }
+        // Listened for before the node starts: a SIGTERM right after the "running" line (a
+        // supervisor stopping a server it just started) was lost while the handlers were set up.
+        let termination = SignalOnce.listen(to: [SIGTERM, SIGINT])
         let node: ParleyNode
         do {
             node = try await ParleyNode.start(configuration, metrics: metrics, logger: logger)
@@ -61,35 +64,48 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(error.exitCode)
         }
         printLine("parleyd \(parleyVersionString) running: HTTP API \(node.httpPort.map { "port \($0)" } ?? "off"), chat \(node.chatPort != nil ? node.chatURL : "off"); data in \(configuration.dataFolder)")
-        await waitForTerminationSignal()
+        await termination.wait()
         logger.info("shutting down")
         await node.shutdown()
     }
-
-    private func waitForTerminationSignal() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let once = SignalOnce(continuation)
-            for number in [SIGTERM, SIGINT] {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { once.fire() }
-                source.resume()
-                SignalOnce.sources.append(source)
-            }
-        }
-    }
 }
 
-/// Resumes the waiting task on the first signal only.
+/// The first of some signals, kept from the moment `listen` returns: `wait` returns at once
+/// when it came before, or when it comes.
 private final class SignalOnce: @unchecked Sendable {
-    nonisolated(unsafe) static var sources: [any DispatchSourceSignal] = []
+    private var sources: [any DispatchSourceSignal] = []
+    private var fired = false
     private var continuation: CheckedContinuation<Void, Never>?
     private let lock = NSLock()
 
-    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+    static func listen(to numbers: [Int32]) -> SignalOnce {
+        let once = SignalOnce()
+        for number in numbers {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { once.fire() }
+            source.resume()
+            once.sources.append(source)
+        }
+        return once
+    }
 
-    func fire() {
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if fired {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                self.continuation = continuation
+                lock.unlock()
+            }
+        }
+    }
+
+    private func fire() {
         lock.lock()
+        fired = true
         let continuation = self.continuation
         self.continuation = nil
         lock.unlock()

@@ -68,8 +68,16 @@ final class ParleydProcess: @unchecked Sendable {
         return (login, session, try await session.open(with: "bob"))
     }
 
+    /// Sends the signal and waits for the process to exit; one still running after 30 s is a
+    /// failure (and is killed), not a test run that hangs.
     func signal(_ number: Int32) {
         kill(process.processIdentifier, number)
+        let deadline = Date().addingTimeInterval(30)
+        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if process.isRunning {
+            Issue.record("parleyd did not exit within 30 s of signal \(number)")
+            kill(process.processIdentifier, SIGKILL)
+        }
         process.waitUntilExit()
     }
 }
